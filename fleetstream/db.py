@@ -1,0 +1,43 @@
+"""Database connections and creation of the target database."""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+logger = logging.getLogger(__name__)
+
+
+def with_database(url: str, database: str) -> str:
+    """Return ``url`` pointing at another database on the same server."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+def database_name(url: str) -> str:
+    return urlsplit(url).path.lstrip("/") or "postgres"
+
+
+async def ensure_database(url: str) -> None:
+    """Create the database named in ``url`` when the server lacks it."""
+    name = database_name(url)
+    conn = await asyncpg.connect(with_database(url, "postgres"))
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname=$1", name)
+        if not exists:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+            logger.info("created database %s", name)
+    finally:
+        await conn.close()
+
+
+async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10):
+    """Return a pool whose sessions work in UTC."""
+    return await asyncpg.create_pool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        server_settings={"timezone": "UTC", "application_name": "fleetstream"},
+    )

@@ -1,0 +1,150 @@
+"""One settings object for every fleetstream process.
+
+Every field is read from an environment variable named ``FLEETSTREAM_<FIELD>``
+(upper case). Two well-known variables are honoured without the prefix:
+``KAFKA_BOOTSTRAP_SERVERS`` and ``DATABASE_URL``.
+
+Defaults are the production defaults for a real Kafka cluster. The embedded
+broker used in development and tests (tansu) needs shorter group timeouts and a
+short fetch wait; ``broker_profile=embedded`` applies them (see ``kafka_tuning``).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "FLEETSTREAM_"
+PLACEHOLDER_SECRET = "change-me"
+
+
+class Settings(BaseSettings):
+    """Configuration shared by producers, processors, sinks and the API."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", populate_by_name=True
+    )
+
+    environment: Literal["development", "test", "production"] = "production"
+    log_level: str = "INFO"
+    state_dir: Path = Path(".fleetstream")
+
+    # Kafka
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092",
+        validation_alias=AliasChoices(
+            "KAFKA_BOOTSTRAP_SERVERS", "FLEETSTREAM_KAFKA_BOOTSTRAP_SERVERS"
+        ),
+    )
+    broker_profile: Literal["kafka", "embedded"] = "kafka"
+    topic_prefix: str = "fleetstream"
+    topic_partitions: int = 4
+    topic_replication_factor: int = 1
+    kafka_session_timeout_ms: int = 45_000
+    kafka_heartbeat_interval_ms: int = 3_000
+    kafka_fetch_max_wait_ms: int = 500
+    kafka_producer_linger_ms: int = 5
+    kafka_producer_max_batch_bytes: int = 262_144
+    kafka_request_timeout_ms: int = 30_000
+
+    # PostgreSQL / TimescaleDB
+    database_url: str = Field(
+        "postgresql://postgres@127.0.0.1:5432/fleetstream",
+        validation_alias=AliasChoices("DATABASE_URL", "FLEETSTREAM_DATABASE_URL"),
+    )
+    db_pool_min_size: int = 1
+    db_pool_max_size: int = 10
+
+    # Tracksolid Open API (poll worker)
+    tracksolid_base_url: str = "https://eu-open.tracksolidpro.com/route/rest"
+    tracksolid_app_key: str = ""
+    tracksolid_app_secret: SecretStr = SecretStr("")
+    tracksolid_user_id: str = ""
+    tracksolid_user_pwd_md5: SecretStr = SecretStr("")
+    tracksolid_target: str = ""
+    tracksolid_token_expires_in_seconds: int = 7200
+    tracksolid_token_refresh_margin_seconds: int = 600
+    tracksolid_http_timeout_seconds: float = 150.0
+    platform_timezone: str = "UTC"
+
+    poll_locations_interval_seconds: float = 60.0
+    poll_devices_interval_seconds: float = 3600.0
+    poll_tracks_interval_seconds: float = 1800.0
+    poll_tracks_overlap_seconds: float = 7200.0
+
+    # Webhook receiver (platform pushes)
+    webhook_host: str = "0.0.0.0"
+    webhook_port: int = 8891
+    webhook_push_token: SecretStr = SecretStr(PLACEHOLDER_SECRET)
+    webhook_max_body_bytes: int = 1_048_576
+
+    # Processing
+    fleet_timezone: str = "Africa/Nairobi"
+    future_fix_tolerance_seconds: float = 300.0
+
+    # Sinks
+    sink_batch_max_records: int = 5000
+    sink_batch_max_wait_ms: int = 200
+
+    # API
+    api_host: str = "0.0.0.0"
+    api_port: int = 8890
+    vtrips_refresh_interval_seconds: float = 300.0
+
+    # Fake platform (development and tests only)
+    fake_platform_host: str = "127.0.0.1"
+    fake_platform_port: int = 8892
+    fake_speedup: float = 1.0
+
+    @field_validator("platform_timezone", "fleet_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        ZoneInfo(value)
+        return value
+
+    @model_validator(mode="after")
+    def _no_placeholder_secrets_in_production(self) -> Settings:
+        if (
+            self.environment == "production"
+            and self.webhook_push_token.get_secret_value() == PLACEHOLDER_SECRET
+        ):
+            raise ValueError(
+                "FLEETSTREAM_WEBHOOK_PUSH_TOKEN is the placeholder; set the token "
+                "agreed with Jimi before running in production"
+            )
+        return self
+
+    def topic(self, layer: str, kind: str) -> str:
+        """Return the full name of a topic, e.g. ``fleetstream.raw.position``."""
+        return f"{self.topic_prefix}.{layer}.{kind}"
+
+    def kafka_tuning(self) -> dict[str, int]:
+        """Return consumer timing options for the configured broker profile.
+
+        The embedded broker joins a group only after half the session timeout and
+        does not wake a waiting fetch when records arrive, so it gets short values.
+        """
+        if self.broker_profile == "embedded":
+            return {
+                "session_timeout_ms": 3000,
+                "heartbeat_interval_ms": 500,
+                "fetch_max_wait_ms": 20,
+                "rebalance_timeout_ms": 3000,
+            }
+        return {
+            "session_timeout_ms": self.kafka_session_timeout_ms,
+            "heartbeat_interval_ms": self.kafka_heartbeat_interval_ms,
+            "fetch_max_wait_ms": self.kafka_fetch_max_wait_ms,
+            "rebalance_timeout_ms": max(self.kafka_session_timeout_ms, 60_000),
+        }
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Return the process-wide settings, read once from the environment."""
+    return Settings()
