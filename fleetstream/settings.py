@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     api_host: str = "0.0.0.0"
     api_port: int = 8890
     vtrips_refresh_interval_seconds: float = 300.0
+    # Map background tiles, e.g. "https://tile.example.org/{z}/{x}/{y}.png"; empty
+    # draws a plain background (no tile server is reachable offline).
+    map_tile_url: str = ""
+    map_tile_attribution: str = ""
+    map_live_poll_seconds: float = 5.0
 
     # Fake platform (development and tests only)
     fake_platform_host: str = "127.0.0.1"
