@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import os
 import sys
 from collections.abc import Callable
 
@@ -57,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "dev":
+        os.environ.setdefault("FLEETSTREAM_ENVIRONMENT", "development")
     settings = get_settings()
     logs.configure(settings.log_level, stage=args.command)
 

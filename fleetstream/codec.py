@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,7 @@ class Codec:
         return fastavro.schemaless_reader(buf, writer, self.schema)
 
 
-@lru_cache(maxsize=None)
+@cache
 def codec(name: str) -> Codec:
     """Return the codec of record type ``name`` (the .avsc file stem)."""
     path = SCHEMA_DIR / f"{name}.avsc"

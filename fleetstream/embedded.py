@@ -153,8 +153,15 @@ class EmbeddedPostgres:
         _make_owned(self.data_dir, user)
         if not (self.data_dir / "PG_VERSION").exists():
             self._run(
-                "initdb", "-D", str(self.data_dir), "-U", "postgres",
-                "--auth=trust", "-E", "UTF8", "--no-sync",
+                "initdb",
+                "-D",
+                str(self.data_dir),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
             )
             logger.info("initialised embedded PostgreSQL in %s", self.data_dir)
         self._run("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "stop", check=False)
@@ -163,8 +170,17 @@ class EmbeddedPostgres:
             "-c max_connections=200 -c shared_buffers=256MB"
         )
         result = self._run(
-            "pg_ctl", "-D", str(self.data_dir), "-w", "-t", "60",
-            "-l", str(self.data_dir / "server.log"), "-o", options, "start",
+            "pg_ctl",
+            "-D",
+            str(self.data_dir),
+            "-w",
+            "-t",
+            "60",
+            "-l",
+            str(self.data_dir / "server.log"),
+            "-o",
+            options,
+            "start",
             check=False,
         )
         if result.returncode != 0:
@@ -174,5 +190,6 @@ class EmbeddedPostgres:
         return self
 
     def stop(self) -> None:
-        self._run("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "stop",
-                  check=False)
+        self._run(
+            "pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "stop", check=False
+        )
