@@ -43,6 +43,7 @@ async def _partitions(settings: Settings, topics: list[str]) -> list[TopicPartit
     consumer = make_consumer(settings, group_id=None)
     await consumer.start()
     try:
+        await consumer.topics()
         tps = []
         for topic in topics:
             for partition in sorted(consumer.partitions_for_topic(topic) or ()):

@@ -1,0 +1,86 @@
+"""Consumer lag and replay against the real broker."""
+
+from __future__ import annotations
+
+from aiokafka import TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+
+from fleetstream.kafka import ensure_topics, make_consumer, make_producer
+from fleetstream.ops import consumer_lag, high_watermarks, replay
+from fleetstream.topics import spec
+
+
+async def _produce_batch(settings, topic: str, count: int) -> None:
+    producer = make_producer(settings, linger_ms=50)
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(topic, f"v{i}".encode(), key=b"k", partition=0)
+            for i in range(count)
+        ]
+        for future in futures:
+            await future
+    finally:
+        await producer.stop()
+
+
+async def test_high_watermark_is_exact_after_multi_record_batches(make_settings):
+    settings = make_settings()
+    topic = spec("raw", "position").name(settings)
+    await ensure_topics(settings, (spec("raw", "position"),))
+    await _produce_batch(settings, topic, 10)
+    await _produce_batch(settings, topic, 6)
+
+    tp = TopicPartition(topic, 0)
+    marks = await high_watermarks(settings, [tp])
+
+    assert marks[tp] == 16
+
+
+async def test_embedded_broker_list_offsets_is_wrong_so_we_do_not_use_it(make_settings):
+    """The embedded broker's ListOffsets answer lags after a multi-record batch.
+
+    Real Kafka returns 16 here. This test documents the difference that made
+    ``high_watermarks`` read the Fetch response on the embedded profile; if the
+    broker gets fixed, this test fails and the workaround can go.
+    """
+    settings = make_settings()
+    if settings.broker_profile != "embedded":
+        return
+    topic = spec("raw", "position").name(settings)
+    await ensure_topics(settings, (spec("raw", "position"),))
+    await _produce_batch(settings, topic, 10)
+    await _produce_batch(settings, topic, 6)
+    tp = TopicPartition(topic, 0)
+    consumer = make_consumer(settings, group_id=None)
+    await consumer.start()
+    try:
+        listed = (await consumer.end_offsets([tp]))[tp]
+    finally:
+        await consumer.stop()
+
+    assert listed < 16
+
+
+async def test_lag_and_replay_rewind_a_group(make_settings):
+    settings = make_settings()
+    topic = spec("raw", "position").name(settings)
+    await ensure_topics(settings, (spec("raw", "position"),))
+    await _produce_batch(settings, topic, 12)
+    group = f"{settings.topic_prefix}.test-group"
+    tp = TopicPartition(topic, 0)
+    consumer = make_consumer(settings, group_id=group)
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        await consumer.commit({tp: OffsetAndMetadata(5, "")})
+    finally:
+        await consumer.stop()
+
+    before = {r.partition: r for r in await consumer_lag(settings, group, [topic])}
+    rewound = await replay(settings, group=group, topic=topic)
+    after = {r.partition: r for r in await consumer_lag(settings, group, [topic])}
+
+    assert before[0].committed == 5 and before[0].lag == 7
+    assert rewound == 12
+    assert after[0].committed == 0 and after[0].lag == 12
