@@ -76,6 +76,14 @@ class Settings(BaseSettings):
     poll_devices_interval_seconds: float = 3600.0
     poll_tracks_interval_seconds: float = 1800.0
     poll_tracks_overlap_seconds: float = 7200.0
+    # Longest track.list window per call; the platform allows 7 days at most.
+    poll_tracks_window_seconds: float = 7 * 86400.0
+    # Retries of one Open API call on transport errors, busy (-1) and 1006.
+    tracksolid_max_attempts: int = 6
+    tracksolid_backoff_base_seconds: float = 30.0
+    tracksolid_backoff_max_seconds: float = 300.0
+    # Pause between backfill calls so a long backfill stays under the rate limit.
+    backfill_call_interval_seconds: float = 1.0
 
     # Webhook receiver (platform pushes)
     webhook_host: str = "0.0.0.0"
