@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     replay = commands.add_parser("replay", help="re-read a topic from the start")
     replay.add_argument("--group", required=True, help="consumer group to rewind")
     replay.add_argument("--topic", required=True, help="topic to rewind")
+    replay.add_argument(
+        "--follow",
+        action="store_true",
+        help="after rewinding, show progress until the group has caught up",
+    )
 
     commands.add_parser("lag", help="print consumer lag of every fleetstream group")
     return parser
@@ -79,9 +84,11 @@ def main(argv: list[str] | None = None) -> int:
 
         backfill_main(settings, start=args.start, end=args.end, imeis=args.imei)
     elif args.command == "replay":
-        from fleetstream.ops import replay
+        from fleetstream.ops import follow, replay
 
         asyncio.run(replay(settings, group=args.group, topic=args.topic))
+        if args.follow:
+            asyncio.run(follow(settings, group=args.group, topic=args.topic))
     elif args.command == "lag":
         from fleetstream.ops import print_lag
 

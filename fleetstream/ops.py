@@ -162,3 +162,42 @@ async def replay(settings: Settings, *, group: str, topic: str) -> int:
     total = sum(marks[tp] - starts[tp] for tp in tps)
     logger.info("rewound group %s on %s: %d records to re-read", group, topic, total)
     return total
+
+
+async def follow(
+    settings: Settings,
+    *,
+    group: str,
+    topic: str,
+    interval_seconds: float = 5.0,
+    timeout_seconds: float | None = None,
+) -> int:
+    """Log the progress of ``group`` through ``topic`` until it has caught up.
+
+    Returns the remaining lag (0 once caught up, more if the timeout passed).
+    """
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    first: int | None = None
+    while True:
+        rows = await consumer_lag(settings, group, [topic])
+        remaining = sum(max(row.lag, 0) for row in rows)
+        first = remaining if first is None else first
+        done = first - remaining
+        elapsed = loop.time() - started
+        rate = done / elapsed if elapsed > 0 else 0.0
+        logger.info(
+            "%s on %s: %d/%d re-read (%.0f%%), %.0f records/s, lag %d",
+            group,
+            topic,
+            done,
+            first,
+            100.0 * done / first if first else 100.0,
+            rate,
+            remaining,
+        )
+        if remaining == 0:
+            return 0
+        if timeout_seconds is not None and elapsed > timeout_seconds:
+            return remaining
+        await asyncio.sleep(interval_seconds)

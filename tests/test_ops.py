@@ -6,7 +6,7 @@ from aiokafka import TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
 from fleetstream.kafka import ensure_topics, make_consumer, make_producer
-from fleetstream.ops import consumer_lag, high_watermarks, replay
+from fleetstream.ops import consumer_lag, follow, high_watermarks, replay
 from fleetstream.topics import spec
 
 
@@ -84,3 +84,27 @@ async def test_lag_and_replay_rewind_a_group(make_settings):
     assert before[0].committed == 5 and before[0].lag == 7
     assert rewound == 12
     assert after[0].committed == 0 and after[0].lag == 12
+
+
+async def test_follow_reports_remaining_lag_until_caught_up(make_settings):
+    settings = make_settings()
+    topic = spec("raw", "position").name(settings)
+    await ensure_topics(settings, (spec("raw", "position"),))
+    await _produce_batch(settings, topic, 8)
+    group = f"{settings.topic_prefix}.follow-group"
+    tp = TopicPartition(topic, 0)
+
+    remaining = await follow(
+        settings, group=group, topic=topic, interval_seconds=0.1, timeout_seconds=0
+    )
+    consumer = make_consumer(settings, group_id=group)
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        await consumer.commit({tp: OffsetAndMetadata(8, "")})
+    finally:
+        await consumer.stop()
+    caught_up = await follow(settings, group=group, topic=topic, interval_seconds=0.1)
+
+    assert remaining == 8
+    assert caught_up == 0
