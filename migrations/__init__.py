@@ -1,0 +1,1 @@
+"""Database shape of fleetstream: versioned and repeatable SQL plus their runner."""

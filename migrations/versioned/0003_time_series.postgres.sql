@@ -1,0 +1,79 @@
+-- Time series on plain PostgreSQL: native range partitions by time, created ahead
+-- by tracksolid.ensure_partitions, and a default partition so that no insert
+-- ever fails for lack of a partition.
+
+CREATE TABLE tracksolid.position_history (
+    imei text NOT NULL,
+    gps_time timestamptz NOT NULL,
+    lat double precision NOT NULL CHECK (lat BETWEEN -90 AND 90),
+    lng double precision NOT NULL CHECK (lng BETWEEN -180 AND 180),
+    speed_kmh double precision,
+    direction_deg integer,
+    acc_on boolean,
+    pos_type text NOT NULL DEFAULT 'UNKNOWN',
+    satellites integer,
+    altitude_m double precision,
+    reupload boolean,
+    odometer_m double precision,
+    source text NOT NULL,
+    origin text NOT NULL,
+    received_at timestamptz NOT NULL,
+    PRIMARY KEY (imei, gps_time)
+) PARTITION BY RANGE (gps_time);
+CREATE TABLE tracksolid.position_history_default
+    PARTITION OF tracksolid.position_history DEFAULT;
+COMMENT ON TABLE tracksolid.position_history IS
+    'Every accepted fix, one per device and gps_time.';
+
+CREATE TABLE tracksolid.heartbeats (
+    imei text NOT NULL,
+    heartbeat_time timestamptz NOT NULL,
+    acc_on boolean,
+    power_level integer,
+    gsm_signal integer,
+    gps_signal integer,
+    voltage_v double precision,
+    source text,
+    origin text,
+    received_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (imei, heartbeat_time)
+) PARTITION BY RANGE (heartbeat_time);
+CREATE TABLE tracksolid.heartbeats_default
+    PARTITION OF tracksolid.heartbeats DEFAULT;
+COMMENT ON TABLE tracksolid.heartbeats IS
+    'Device heartbeats (pushed status packets).';
+
+CREATE TABLE tracksolid.fuel_readings (
+    imei text NOT NULL,
+    reading_time timestamptz NOT NULL,
+    fuel_level_pct double precision,
+    fuel_litres double precision,
+    source text,
+    origin text,
+    received_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (imei, reading_time)
+) PARTITION BY RANGE (reading_time);
+CREATE TABLE tracksolid.fuel_readings_default
+    PARTITION OF tracksolid.fuel_readings DEFAULT;
+COMMENT ON TABLE tracksolid.fuel_readings IS
+    'Fuel sensor readings.';
+
+CREATE TABLE tracksolid.temperature_readings (
+    imei text NOT NULL,
+    sensor integer NOT NULL DEFAULT 0,
+    reading_time timestamptz NOT NULL,
+    temperature_c double precision,
+    humidity_pct double precision,
+    source text,
+    origin text,
+    received_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (imei, sensor, reading_time)
+) PARTITION BY RANGE (reading_time);
+CREATE TABLE tracksolid.temperature_readings_default
+    PARTITION OF tracksolid.temperature_readings DEFAULT;
+COMMENT ON TABLE tracksolid.temperature_readings IS
+    'Temperature (and humidity) sensor readings.';
+
+-- Time-range scans (daily mileage, fleet-wide windows) skip whole blocks.
+CREATE INDEX position_history_gps_time
+    ON tracksolid.position_history USING brin (gps_time);
