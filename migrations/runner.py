@@ -38,9 +38,9 @@ REPEATABLE_DIR = ROOT / "repeatable"
 # Any constant works as long as no other component takes the same advisory key.
 LOCK_KEY = 0x46_53_4D_49_47  # "FSMIG"
 LEDGER = "fleetstream_migrations.applied"
-FLAVOURS = ("timescaledb", "postgres")
-VERSIONED_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+?)(?:\.(timescaledb|postgres))?\.sql$")
-REPEATABLE_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+?)(?:\.(timescaledb|postgres))?\.sql$")
+VARIANT = r"(?:\.(timescaledb|postgres))?\.sql$"
+VERSIONED_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+?)" + VARIANT)
+REPEATABLE_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+?)" + VARIANT)
 PARTITIONS_AHEAD = "3 months"
 
 
@@ -142,8 +142,9 @@ async def _create_timescaledb(conn: asyncpg.Connection) -> bool:
             await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
     except asyncpg.PostgresError as exc:
         # Offered but not in shared_preload_libraries: native partitioning works.
-        logger.warning("timescaledb offered but not loadable, using native "
-                       "partitioning: %s", exc)
+        logger.warning(
+            "timescaledb offered but not loadable, using native partitioning: %s", exc
+        )
         return False
     return True
 
@@ -168,7 +169,9 @@ def _verify(scripts: list[Script], ledger: dict) -> None:
 
 async def _settings_salt(conn: asyncpg.Connection) -> str:
     """Return the fleet settings that repeatable files read, as checksum salt."""
-    exists = await conn.fetchval("SELECT to_regclass('tracksolid.settings') IS NOT NULL")
+    exists = await conn.fetchval(
+        "SELECT to_regclass('tracksolid.settings') IS NOT NULL"
+    )
     if not exists:
         return ""
     rows = await conn.fetch("SELECT key, value FROM tracksolid.settings ORDER BY key")
@@ -193,8 +196,9 @@ async def _apply(conn: asyncpg.Connection, script: Script, checksum: str) -> Non
             checksum,
             round((time.perf_counter() - started) * 1000),
         )
-    logger.info("applied %s in %.0f ms", script.label,
-                (time.perf_counter() - started) * 1000)
+    logger.info(
+        "applied %s in %.0f ms", script.label, (time.perf_counter() - started) * 1000
+    )
 
 
 async def _store_settings(conn: asyncpg.Connection, values: dict[str, str]) -> None:
@@ -263,8 +267,12 @@ async def _migrate_locked(
         plan.append(f"ensure_partitions {PARTITIONS_AHEAD}")
     else:
         plan.extend(await _post_steps(conn, flavour))
-    logger.info("migrations %s on %s: %d steps", "planned" if dry_run else "done",
-                flavour, len(plan))
+    logger.info(
+        "migrations %s on %s: %d steps",
+        "planned" if dry_run else "done",
+        flavour,
+        len(plan),
+    )
     return plan
 
 
@@ -285,9 +293,8 @@ async def migrate(
     daily reports); omitted, the stored value (default Africa/Nairobi) stays.
     """
     settings = {"fleet_timezone": fleet_timezone} if fleet_timezone else {}
-    conn = await asyncpg.connect(
-        url, server_settings={"timezone": "UTC", "application_name": "fleetstream-migrate"}
-    )
+    server_settings = {"timezone": "UTC", "application_name": "fleetstream-migrate"}
+    conn = await asyncpg.connect(url, server_settings=server_settings)
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
         try:
@@ -306,7 +313,9 @@ def main(settings, dry_run: bool = False) -> None:
         if not dry_run:
             await ensure_database(settings.database_url)
         return await migrate(
-            settings.database_url, dry_run=dry_run, fleet_timezone=settings.fleet_timezone
+            settings.database_url,
+            dry_run=dry_run,
+            fleet_timezone=settings.fleet_timezone,
         )
 
     steps = asyncio.run(run())
