@@ -75,6 +75,7 @@ RAW_TOPICS: tuple[TopicSpec, ...] = (
 
 CLEAN_TOPICS: tuple[TopicSpec, ...] = (
     _clean("position", "Position", "validated fixes, one per (imei, gps_time)"),
+    _clean("heartbeat", "Heartbeat", "signs of life without a new fix"),
     _clean(
         "device",
         "Device",
