@@ -1,0 +1,104 @@
+"""The reporting API: the map endpoints, health, docs and the refresh loop.
+
+The maps and the Swagger UI are served from ``api/static`` with every script
+vendored, so nothing is fetched from the network at run time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+
+from api import health, maps, routes
+from api.refresh import run_refresh_loop
+from fleetstream.db import create_pool
+from fleetstream.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+SWAGGER = "/static/vendor/swagger-ui"
+
+
+def create_app(settings: Settings, *, refresh_views: bool = True) -> FastAPI:
+    """Return the API; ``refresh_views=False`` leaves out the refresh loop."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = await create_pool(
+            settings.database_url,
+            min_size=settings.db_pool_min_size,
+            max_size=settings.db_pool_max_size,
+        )
+        app.state.pool = pool
+        stop = asyncio.Event()
+        refresher = None
+        if refresh_views:
+            interval = settings.vtrips_refresh_interval_seconds
+            refresher = asyncio.create_task(run_refresh_loop(pool, interval, stop))
+        logger.info("api ready")
+        try:
+            yield
+        finally:
+            stop.set()
+            if refresher is not None:
+                await refresher
+            await pool.close()
+            logger.info("api stopped")
+
+    app = FastAPI(
+        title="fleetstream reporting API",
+        summary="Live positions, vehicle tracks and trips for the fleet maps.",
+        version="1",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.include_router(routes.router)
+    app.include_router(health.router)
+    app.include_router(maps.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url,
+            title=f"{app.title} - docs",
+            swagger_js_url=f"{SWAGGER}/swagger-ui-bundle.js",
+            swagger_css_url=f"{SWAGGER}/swagger-ui.css",
+            swagger_favicon_url="/static/favicon.svg",
+        )
+
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """Return the API configured from the environment (for ``uvicorn --factory``).
+
+    Several workers, e.g. ``uvicorn --factory api.app:app_from_environment
+    --workers 2``, each run the refresh loop; the advisory lock keeps the refresh
+    to one of them.
+    """
+    return create_app(get_settings())
+
+
+def main(settings: Settings) -> None:
+    """Serve the API on ``settings.api_host:api_port`` until SIGTERM or SIGINT."""
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.api_host,
+        port=settings.api_port,
+        log_config=None,
+        proxy_headers=True,
+    )
+    uvicorn.Server(config).run()
