@@ -94,7 +94,36 @@ DEADLETTER_TOPIC = TopicSpec(
     doc="records a stage could not use, with their origin and the reason",
 )
 
-ALL_TOPICS: tuple[TopicSpec, ...] = RAW_TOPICS + CLEAN_TOPICS + (DEADLETTER_TOPIC,)
+STATE = "state"
+
+# Facts derived in the stream by processors.derived, and its private state log.
+DERIVED_TOPICS: tuple[TopicSpec, ...] = (
+    _clean(
+        "trip",
+        "Trip",
+        "trips: derived from fixes (source derived) and platform reports (platform)",
+    ),
+    _clean(
+        "mileage_daily",
+        "MileageDaily",
+        "distance per device per local day, latest total per key",
+        key="imei|day",
+        compacted=True,
+    ),
+    TopicSpec(
+        STATE,
+        "derived",
+        "DerivedState",
+        ("process",),
+        ("process",),
+        compacted=True,
+        doc="accepted fixes and device snapshots that processors.derived recovers",
+    ),
+)
+
+ALL_TOPICS: tuple[TopicSpec, ...] = (
+    RAW_TOPICS + CLEAN_TOPICS + (DEADLETTER_TOPIC,) + DERIVED_TOPICS
+)
 
 # Push path (without the leading slash) or Open API method -> raw topic kind.
 RAW_KIND_BY_ORIGIN: dict[str, str] = {
