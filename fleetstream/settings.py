@@ -100,6 +100,19 @@ class Settings(BaseSettings):
     process_dedupe_devices: int = 100_000
     process_dedupe_fixes_per_device: int = 64
 
+    # Derived facts: distance, trips, daily mileage (processors.derived)
+    distance_pos_types: str = "GPS"
+    jitter_max_speed_kmh: float = 3.0
+    jitter_max_step_m: float = 30.0
+    max_plausible_speed_kmh: float = 250.0
+    motion_min_speed_kmh: float = 5.0
+    trip_min_distance_m: float = 500.0
+    trip_min_duration_seconds: float = 300.0
+    trip_min_stop_seconds: float = 300.0
+    trip_acc_flap_seconds: float = 60.0
+    trip_idle_close_seconds: float = 300.0
+    derived_window_days: float = 7.0
+
     # Sinks
     sink_batch_max_records: int = 5000
     sink_batch_max_wait_ms: int = 200
