@@ -1,0 +1,204 @@
+"""The faust application of the processing stage.
+
+``create_app(settings)`` builds the app: one agent reads every raw topic in
+batches, hands each record to ``processors.routing.Router`` and sends what it
+returns (a clean record keyed by IMEI, a dead letter keyed like the original,
+or nothing for a repeated fix). Other processor modules add their agents to the
+same app: each module named in ``AGENT_MODULES`` that exists exposes
+``register(app, settings)``.
+
+Delivery is at-least-once. A batch's events are acknowledged only after every
+message produced from them is acknowledged by the broker, and faust commits an
+offset only when every earlier event of its partition is acknowledged, so a
+crash at any point leads to reprocessing, never to loss. Repeats after a crash
+reach the clean topics again; the sinks' natural keys absorb them.
+
+Values travel as raw bytes through faust and are encoded and decoded with
+``fleetstream.codec``, so an undecodable record reaches the agent and is
+dead-lettered like any other unusable record instead of crashing the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+from collections.abc import Awaitable, Callable
+
+import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+from fleetstream.kafka import ensure_topics
+from fleetstream.runtime import run_until_stopped
+from fleetstream.settings import Settings, get_settings
+from processors.routing import Router
+
+logger = logging.getLogger(__name__)
+
+AGENT_MODULES = ("processors.derived", "processors.trips")
+
+# faust builds its consumer with fetch_max_wait_ms=1500 whatever the settings
+# say. The embedded broker never wakes a waiting fetch when records arrive, so
+# that value would add up to 1.5 s of latency to every hop.
+EMBEDDED_FETCH_MAX_WAIT_MS = 20
+
+
+class _ShortFetchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport):
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = EMBEDDED_FETCH_MAX_WAIT_MS
+        return consumer
+
+
+class _ShortFetchConsumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self):
+        return _ShortFetchConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _ShortFetchTransport(faust_aiokafka.Transport):
+    Consumer = _ShortFetchConsumer
+
+
+class EmbeddedBrokerApp(faust.App):
+    """A faust app whose consumer waits briefly on each fetch (embedded broker)."""
+
+    def _new_transport(self):
+        return _ShortFetchTransport(self.conf.broker_consumer, self)
+
+
+def faust_options(settings: Settings) -> dict:
+    """Return faust settings derived from ours."""
+    tuning = settings.kafka_tuning()
+    return {
+        "broker": [
+            f"kafka://{server.strip()}"
+            for server in settings.kafka_bootstrap_servers.split(",")
+        ],
+        "broker_session_timeout": tuning["session_timeout_ms"] / 1000,
+        "broker_heartbeat_interval": tuning["heartbeat_interval_ms"] / 1000,
+        "broker_rebalance_timeout": tuning["rebalance_timeout_ms"] / 1000,
+        # faust refuses a request timeout shorter than the session timeout.
+        "broker_request_timeout": max(
+            settings.kafka_request_timeout_ms, tuning["session_timeout_ms"]
+        )
+        / 1000,
+        "broker_max_poll_records": settings.process_batch_max_records,
+        "consumer_auto_offset_reset": "earliest",
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+        "producer_acks": -1,
+        "producer_linger": settings.kafka_producer_linger_ms / 1000,
+        "producer_max_batch_size": settings.kafka_producer_max_batch_bytes,
+        "producer_max_request_size": 4 * 1_048_576,
+        "topic_partitions": settings.topic_partitions,
+        "topic_replication_factor": settings.topic_replication_factor,
+        "topic_allow_declare": False,
+        "topic_disable_leader": True,
+        "web_enabled": False,
+        "datadir": str(settings.state_dir / f"faust-{settings.topic_prefix}"),
+    }
+
+
+def create_app(settings: Settings) -> faust.App:
+    """Return a faust app with the cleaning agent and every registered agent."""
+    return build(settings)[0]
+
+
+def build(settings: Settings) -> tuple[faust.App, Router]:
+    """Return the app and the router of its cleaning agent."""
+    embedded = settings.broker_profile == "embedded"
+    app_class = EmbeddedBrokerApp if embedded else faust.App
+    app = app_class(f"{settings.topic_prefix}-process", **faust_options(settings))
+    router = register(app, settings)
+    for name in AGENT_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.register(app, settings)
+    return app, router
+
+
+def register(app: faust.App, settings: Settings) -> Router:
+    """Add the cleaning agent to ``app``; return its router (counts, memory)."""
+    router = Router(settings)
+    raw = app.topic(*router.raw_topics, key_type=bytes, value_type=bytes)
+    batch = settings.process_batch_max_records
+    within = settings.process_batch_max_wait_ms / 1000
+
+    @app.agent(raw, name="clean", concurrency=settings.process_concurrency)
+    async def clean_raw(stream):
+        async for events in stream.take_events(batch, within=within):
+            await send_all(app, route_events(router, events))
+
+    return router
+
+
+def route_events(router: Router, events) -> list:
+    """Return the outgoing messages of a batch of faust events, in order."""
+    outgoing = []
+    for event in events:
+        message = event.message
+        out = router.route(
+            message.topic, message.partition, message.offset, message.key, event.value
+        )
+        if out is not None:
+            outgoing.append(out)
+    return outgoing
+
+
+async def send_all(app: faust.App, outgoing: list) -> None:
+    """Send every message and wait until the broker has acknowledged them all."""
+    producer = app.producer
+    pending: list[Awaitable] = []
+    for out in outgoing:
+        sent = await producer.send(out.topic, out.key, out.value, None, None, None)
+        pending.append(sent)
+    if pending:
+        await asyncio.gather(*pending)
+
+
+async def run(
+    settings: Settings,
+    stop: asyncio.Event,
+    on_ready: Callable[[faust.App], None] | None = None,
+) -> None:
+    """Run the processing app until ``stop`` is set or the app stops itself."""
+    await ensure_topics(settings)
+    app, router = build(settings)
+    await app.start()
+    logger.info("processor started for %s", settings.topic_prefix)
+    if on_ready is not None:
+        on_ready(app)
+    stopped = asyncio.ensure_future(app.wait_until_stopped())
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({stopped, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        stopped.cancel()
+        await app.stop()
+        counts = router.counts
+        logger.info(
+            "processor stopped: %d clean, %d dead letters, %d repeats dropped",
+            sum(v for k, v in counts.items() if k not in ("deadletter", "duplicate")),
+            counts["deadletter"],
+            counts["duplicate"],
+        )
+
+
+def main(settings: Settings) -> None:
+    """Run the processing stage until SIGTERM or SIGINT."""
+    run_until_stopped(lambda stop: run(settings, stop))
+
+
+def __getattr__(name: str):
+    # ``app`` is built on first use so that importing this module reads no
+    # environment; ``faust -A processors.app worker`` still finds it.
+    if name == "app":
+        value = create_app(get_settings())
+        globals()["app"] = value
+        return value
+    raise AttributeError(name)

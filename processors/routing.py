@@ -1,0 +1,133 @@
+"""Routing raw records to their clean topic, or to the dead-letter topic.
+
+``Router.route`` is the one place that decides skip-or-raise for the processor:
+every failure to read or clean one record becomes a ``DeadLetter`` carrying the
+record's origin and the reason, so a poison record never stalls its partition.
+The router does no I/O; the faust agents in ``processors.app`` feed it and send
+what it returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fleetstream.codec import codec
+from fleetstream.errors import ContractError, RejectedRecord
+from fleetstream.settings import Settings
+from fleetstream.topics import CLEAN_TOPICS, DEADLETTER_TOPIC, RAW_TOPICS
+from processors import clean
+from processors import fields as f
+from processors.clean import CleanContext, Raw
+from processors.dedupe import RecentFixes
+
+logger = logging.getLogger(__name__)
+
+LOCATION_SNAPSHOTS = frozenset(
+    {"jimi.user.device.location.list", "jimi.device.location.get"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One message to send: topic, key and encoded value."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+
+
+Cleaner = Callable[[Raw, CleanContext], dict]
+
+# Raw kind -> (clean kind, cleaner). Positions are handled apart (duplicates).
+CLEANERS: dict[str, tuple[str, Cleaner]] = {
+    "heartbeat": ("heartbeat", clean.clean_heartbeat),
+    "device": ("device", clean.clean_device),
+}
+
+
+class Router:
+    """Clean raw records into outgoing messages, with counts of what happened."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.ctx = CleanContext.from_settings(settings)
+        self.recent = RecentFixes(
+            settings.process_dedupe_devices, settings.process_dedupe_fixes_per_device
+        )
+        self.counts: Counter[str] = Counter()
+        self._raw_codec = codec("RawEvent")
+        self._dead_codec = codec(DEADLETTER_TOPIC.schema)
+        self._dead_topic = DEADLETTER_TOPIC.name(settings)
+        self._kind_by_raw_topic = {
+            spec.name(settings): spec.kind for spec in RAW_TOPICS
+        }
+        self._clean = {
+            spec.kind: (spec.name(settings), codec(spec.schema))
+            for spec in CLEAN_TOPICS
+        }
+
+    @property
+    def raw_topics(self) -> list[str]:
+        return list(self._kind_by_raw_topic)
+
+    def route(
+        self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes
+    ) -> Outgoing | None:
+        """Return the clean or dead-letter message for one raw record, or None.
+
+        None means the record carried nothing new (a repeated fix).
+        """
+        try:
+            return self._clean_one(topic, key, value)
+        except (RejectedRecord, ContractError) as exc:
+            reason = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a bug must not stall the partition
+            logger.exception(
+                "cleaning failed unexpectedly at %s/%d@%d", topic, partition, offset
+            )
+            reason = f"unexpected {type(exc).__name__}: {exc}"
+        self.counts["deadletter"] += 1
+        logger.debug("dead-lettered %s/%d@%d: %s", topic, partition, offset, reason)
+        return self._dead_letter(topic, partition, offset, key, value, reason)
+
+    def _clean_one(self, topic: str, key: bytes | None, value: bytes):
+        kind = self._kind_by_raw_topic.get(topic)
+        if kind is None:
+            raise RejectedRecord(f"no cleaning rule for topic {topic}")
+        raw = Raw.from_event(self._raw_codec.decode(value))
+        if kind == "position":
+            return self._position(raw)
+        clean_kind, cleaner = CLEANERS.get(kind, (None, None))
+        if cleaner is None:
+            raise RejectedRecord(f"no cleaning rule for raw kind {kind!r}")
+        return self._out(clean_kind, cleaner(raw, self.ctx))
+
+    def _position(self, raw: Raw) -> Outgoing | None:
+        record = clean.clean_position(raw, self.ctx)
+        if not self.recent.seen(record["imei"], record["gps_time"]):
+            return self._out("position", record)
+        self.counts["duplicate"] += 1
+        if raw.origin in LOCATION_SNAPSHOTS and f.present(raw.payload.get("hbTime")):
+            return self._out("heartbeat", clean.heartbeat_from_location(raw, self.ctx))
+        return None
+
+    def _out(self, kind: str, record: dict) -> Outgoing:
+        topic, record_codec = self._clean[kind]
+        self.counts[kind] += 1
+        return Outgoing(topic, record["imei"].encode(), record_codec.encode(record))
+
+    def _dead_letter(self, topic, partition, offset, key, value, reason) -> Outgoing:
+        record = {
+            "stage": "process",
+            "reason": reason,
+            "origin_topic": topic,
+            "origin_partition": partition,
+            "origin_offset": offset,
+            "key": key,
+            "value": value,
+            "failed_at": int(time.time() * 1000),
+        }
+        return Outgoing(self._dead_topic, key, self._dead_codec.encode(record))

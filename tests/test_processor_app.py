@@ -1,0 +1,123 @@
+"""The processing stage end to end on the real broker: raw in, clean and dead letters out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from fleetstream.codec import codec
+from fleetstream.kafka import ensure_topics, make_consumer, make_producer
+from processors.app import run
+
+RECEIVED_AT = 1741590000000  # 2025-03-10T07:00:00Z, after every sample fix
+
+LOCATION = {
+    "imei": "860001000000011",
+    "posType": "GPS",
+    "lat": -1.286389,
+    "lng": 36.817223,
+    "hbTime": "2025-03-10 05:11:58",
+    "gpsTime": "2025-03-10 05:12:40",
+    "speed": "42",
+    "direction": "118",
+    "accStatus": "1",
+    "gpsNum": "12",
+    "currentMileage": "18234.7",
+}
+
+
+def raw_event(origin: str, payload, *, imei: str | None = None, source="poll") -> bytes:
+    return codec("RawEvent").encode(
+        {
+            "source": source,
+            "origin": origin,
+            "received_at": RECEIVED_AT,
+            "imei": imei,
+            "payload": payload if isinstance(payload, str) else json.dumps(payload),
+            "request_id": None,
+        }
+    )
+
+
+async def produce(settings, kind: str, messages: list[tuple[bytes, bytes]]) -> None:
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        topic = settings.topic("raw", kind)
+        for key, value in messages:
+            await producer.send(topic, value=value, key=key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def consume(settings, counts: dict[str, int], timeout: float = 30.0) -> dict:
+    """Read clean/dead-letter topics until each has ``counts`` messages."""
+    topics = {settings.topic(*name.split(".")): name for name in counts}
+    got: dict[str, list] = {name: [] for name in counts}
+    consumer = make_consumer(settings, *topics, group_id=None)
+    await consumer.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=200)
+            for tp, records in batches.items():
+                got[topics[tp.topic]].extend(records)
+            if all(len(got[name]) >= want for name, want in counts.items()):
+                await asyncio.sleep(1.0)  # anything extra would show up now
+                for tp, records in (await consumer.getmany(timeout_ms=200)).items():
+                    got[topics[tp.topic]].extend(records)
+                break
+    finally:
+        await consumer.stop()
+    return got
+
+
+async def test_positions_are_cleaned_deduplicated_and_dead_lettered(make_settings):
+    settings = make_settings()
+    await ensure_topics(settings)
+    imei = LOCATION["imei"].encode()
+    repeat = {**LOCATION, "hbTime": "2025-03-10 05:13:58"}
+    zero = {**LOCATION, "imei": "860001000000037", "lat": 0, "lng": 0}
+    await produce(
+        settings,
+        "position",
+        [
+            (imei, raw_event("jimi.user.device.location.list", LOCATION)),
+            (imei, raw_event("jimi.user.device.location.list", repeat)),
+            (b"860001000000037", raw_event("jimi.user.device.location.list", zero)),
+            (imei, b"not avro at all"),
+            (imei, raw_event("pushgps", "[1, 2]", source="push")),
+        ],
+    )
+    stop = asyncio.Event()
+    worker = asyncio.create_task(run(settings, stop))
+    try:
+        got = await consume(
+            settings, {"clean.position": 1, "clean.heartbeat": 1, "deadletter.all": 3}
+        )
+    finally:
+        stop.set()
+        await asyncio.wait_for(worker, 30)
+
+    assert len(got["clean.position"]) == 1
+    position = codec("Position").decode(got["clean.position"][0].value)
+    assert got["clean.position"][0].key == imei
+    assert position["gps_time"].isoformat() == "2025-03-10T05:12:40+00:00"
+    assert (position["speed_kmh"], position["acc_on"]) == (42.0, True)
+    assert position["odometer_m"] == 18234700.0
+
+    assert len(got["clean.heartbeat"]) == 1
+    heartbeat = codec("Heartbeat").decode(got["clean.heartbeat"][0].value)
+    assert heartbeat["hb_time"].isoformat() == "2025-03-10T05:13:58+00:00"
+
+    dead = [codec("DeadLetter").decode(r.value) for r in got["deadletter.all"]]
+    assert len(dead) == 3
+    origins = {(d["origin_partition"], d["origin_offset"]) for d in dead}
+    assert sorted(d["stage"] for d in dead) == ["process"] * 3
+    assert any("(0,0)" in d["reason"] for d in dead)
+    assert any(d["value"] == b"not avro at all" for d in dead)
+    assert any("JSON list" in d["reason"] for d in dead)
+    assert all(d["origin_topic"] == settings.topic("raw", "position") for d in dead)
+    assert len(origins) == 3
