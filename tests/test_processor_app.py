@@ -1,4 +1,4 @@
-"""The processing stage end to end on the real broker: raw in, clean and dead letters out."""
+"""The processing stage on the real broker: raw in, clean and dead letters out."""
 
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""Stream processors: clean raw platform records into typed clean topics."""
