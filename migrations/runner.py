@@ -4,7 +4,8 @@ Versioned files (``NNNN_name.sql``) run once, in number order, each in its own
 transaction, and are recorded with the sha256 of their text; editing a file that
 has already been applied is refused. Repeatable files (``NNN_name.sql``: views,
 functions, policies) run after them in name order, again whenever their text or
-the fleet settings they read change.
+the fleet settings they read change, and then every later repeatable file runs
+too.
 
 A file named ``name.timescaledb.sql`` or ``name.postgres.sql`` is a variant that
 only runs on a database with, or without, TimescaleDB. The choice is made once
@@ -254,11 +255,15 @@ async def _migrate_locked(
     if settings and not dry_run:
         await _store_settings(conn, settings)
     salt = await _settings_salt(conn)
+    # Once one repeatable file runs, every later one runs too: it may have dropped
+    # and recreated an object that later views are built on.
+    rerun = False
     for script in discover("repeatable", flavour):
         row = ledger.get(("repeatable", script.name))
         checksum = script.checksum(salt)
-        if row is not None and row["checksum"] == checksum:
+        if not rerun and row is not None and row["checksum"] == checksum:
             continue
+        rerun = True
         plan.append(script.label)
         if not dry_run:
             await _apply(conn, script, checksum)
