@@ -1,0 +1,388 @@
+"""Receive Tracksolid pushes and publish each record to its raw topic.
+
+Two body shapes arrive. Data pushes go to ``/push<endpoint>`` with ``token`` and
+``data_list`` (a JSON array encoded as a string; ``data`` is accepted too).
+Open API messages go to the base path ``/`` with ``msgType`` and ``data`` (a
+JSON object encoded as a string). Both come form-encoded from the platform;
+JSON bodies with the same fields are accepted as well.
+
+Delivery: the reply ``{"code":0,"msg":"success"}`` is sent only after Kafka
+has acknowledged every record of the body. If the broker does not acknowledge
+them all in time the reply is 503, so the platform may resend; records that
+did reach Kafka before the timeout are then stored twice, which the
+processors' de-duplication absorbs. A body is accepted or refused as a whole:
+one malformed record refuses all of them, and nothing of it is published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import uuid
+from collections import Counter
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qs
+
+import uvicorn
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from fleetstream.codec import codec
+from fleetstream.kafka import ensure_topics, make_producer
+from fleetstream.runtime import run_until_stopped
+from fleetstream.settings import Settings
+from fleetstream.topics import RAW_TOPICS, raw_kind
+
+logger = logging.getLogger(__name__)
+
+SUCCESS = {"code": 0, "msg": "success"}
+FORM_TYPE = "application/x-www-form-urlencoded"
+JSON_TYPE = "application/json"
+
+
+class Refused(Exception):
+    """A push that is answered with an error status and never published."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Push:
+    """One accepted body: where it came from and its records, in order."""
+
+    origin: str
+    token: str | None
+    records: list[dict[str, Any]]
+
+
+def token_matches(given: str | None, expected: str) -> bool:
+    """Return whether ``given`` equals ``expected``, in time independent of both."""
+    if given is None:
+        return False
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def record_imei(record: dict[str, Any]) -> str | None:
+    """Return the device IMEI a push record names, if any."""
+    msg = record.get("msg")
+    candidates = (
+        record.get("deviceImei"),
+        record.get("imei"),
+        msg.get("deviceImei") if isinstance(msg, dict) else None,
+    )
+    for value in candidates:
+        if isinstance(value, int | str) and not isinstance(value, bool):
+            text = str(value).strip()
+            if text:
+                return text
+    return None
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _parse_json(text: str, field: str) -> Any:
+    try:
+        # NaN and Infinity are not JSON; letting them through would publish
+        # payloads no other JSON reader accepts.
+        return json.loads(text, parse_constant=_refuse_constant)
+    except ValueError as exc:
+        raise Refused(
+            400, "malformed_json", f"{field} is not valid JSON: {exc}"
+        ) from None
+
+
+def _as_records(value: Any, field: str) -> list[dict[str, Any]]:
+    if isinstance(value, str):
+        value = _parse_json(value, field)
+    if isinstance(value, dict) and field == "data":
+        value = [value]
+    if not isinstance(value, list):
+        raise Refused(
+            400,
+            "not_an_array",
+            f"{field} must be a JSON array, got {type(value).__name__}",
+        )
+    if not value:
+        raise Refused(400, "empty_data_list", f"{field} holds no records")
+    for index, record in enumerate(value):
+        if not isinstance(record, dict):
+            raise Refused(
+                400,
+                "record_not_object",
+                f"{field}[{index}] must be a JSON object, got {type(record).__name__}",
+            )
+        if record_imei(record) is None:
+            raise Refused(
+                400,
+                "missing_imei",
+                f"{field}[{index}] has no deviceImei, imei or msg.deviceImei",
+            )
+    return value
+
+
+def _fields(body: bytes, content_type: str) -> dict[str, Any]:
+    """Return the top-level fields of a form or JSON body."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Refused(400, "not_utf8", "body is not UTF-8") from None
+    if content_type == JSON_TYPE:
+        fields = _parse_json(text, "body")
+        if not isinstance(fields, dict):
+            raise Refused(400, "not_an_object", "a JSON body must be an object")
+        return fields
+    if content_type in (FORM_TYPE, ""):
+        try:
+            pairs = parse_qs(text, keep_blank_values=True, strict_parsing=bool(text))
+        except ValueError:
+            raise Refused(400, "malformed_form", "body is not form-encoded") from None
+        return {name: values[-1] for name, values in pairs.items()}
+    raise Refused(
+        415, "unsupported_media_type", f"content type {content_type!r} is not accepted"
+    )
+
+
+def parse_push(path: str, body: bytes, content_type: str) -> Push:
+    """Return the records of a push body, or raise Refused saying what is wrong."""
+    fields = _fields(body, content_type)
+    token = fields.get("token")
+    token = token if isinstance(token, str) else None
+    msg_type = fields.get("msgType")
+    is_message = isinstance(msg_type, str) and msg_type.startswith("jimi.")
+    if path and not is_message:
+        for field in ("data_list", "data"):
+            if field in fields:
+                return Push(path, token, _as_records(fields[field], field))
+        raise Refused(400, "missing_data_list", "body has no data_list")
+    if not isinstance(msg_type, str) or not msg_type:
+        raise Refused(400, "missing_msg_type", "a message needs msgType and data")
+    if "data" not in fields:
+        raise Refused(400, "missing_data", f"message {msg_type} has no data")
+    return Push(msg_type, token, _as_records(fields["data"], "data"))
+
+
+class Metrics:
+    """Counters of what the receiver did, served as Prometheus text."""
+
+    def __init__(self) -> None:
+        self.requests: Counter[tuple[str, str]] = Counter()
+        self.records: Counter[str] = Counter()
+
+    def count(self, origin: str, outcome: str, records: int = 0) -> None:
+        self.requests[(origin, outcome)] += 1
+        if records:
+            self.records[origin] += records
+
+    def render(self) -> str:
+        lines = [
+            "# TYPE fleetstream_webhook_requests_total counter",
+            *(
+                f'fleetstream_webhook_requests_total{{origin="{o}",outcome="{r}"}} {n}'
+                for (o, r), n in sorted(self.requests.items())
+            ),
+            "# TYPE fleetstream_webhook_records_total counter",
+            *(
+                f'fleetstream_webhook_records_total{{origin="{o}"}} {n}'
+                for o, n in sorted(self.records.items())
+            ),
+        ]
+        return "\n".join(lines) + "\n"
+
+
+class ProducerHolder:
+    """The Kafka producer, started on first need and restarted after a failure."""
+
+    def __init__(self, settings: Settings, producer: AIOKafkaProducer | None) -> None:
+        self.settings = settings
+        self.owned = producer is None
+        self.producer = producer
+        self.started = producer is not None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> AIOKafkaProducer:
+        if self.started:
+            return self.producer
+        async with self._lock:
+            if not self.started:
+                producer = make_producer(self.settings)
+                try:
+                    await producer.start()
+                except BaseException:
+                    await producer.stop()
+                    raise
+                self.producer, self.started = producer, True
+                logger.info("producer started")
+        return self.producer
+
+    async def close(self) -> None:
+        if self.owned and self.started:
+            await self.producer.stop()
+            self.started = False
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise Refused(
+            413, "body_too_large", f"body of {declared} bytes exceeds {limit}"
+        )
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            # A chunked body without a length is cut off here, unread beyond.
+            raise Refused(413, "body_too_large", f"body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(settings: Settings, producer: AIOKafkaProducer | None = None) -> FastAPI:
+    """Return the receiver app; a given producer is used as is and never stopped."""
+    holder = ProducerHolder(settings, producer)
+    metrics = Metrics()
+    expected_token = settings.webhook_push_token.get_secret_value()
+    ack_timeout_s = settings.kafka_request_timeout_ms / 1000
+    raw_event = codec("RawEvent")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        try:
+            await holder.get()
+        except (KafkaError, OSError) as exc:
+            logger.warning("broker unreachable at start, pushes get 503: %s", exc)
+        yield
+        await holder.close()
+
+    app = FastAPI(title="fleetstream webhook", lifespan=lifespan)
+    app.state.metrics = metrics
+
+    async def publish(push: Push, received_at: datetime) -> None:
+        kafka = await holder.get()
+        topic = settings.topic("raw", raw_kind(push.origin))
+        request_id = uuid.uuid4().hex
+        futures = []
+        for record in push.records:
+            imei = record_imei(record)
+            value = raw_event.encode(
+                {
+                    "source": "push",
+                    "origin": push.origin,
+                    "received_at": received_at,
+                    "imei": imei,
+                    "payload": json.dumps(record, ensure_ascii=False),
+                    "request_id": request_id,
+                }
+            )
+            futures.append(await kafka.send(topic, value, key=imei.encode()))
+        await asyncio.gather(*futures)
+
+    async def receive(request: Request, path: str) -> JSONResponse:
+        origin = path or "message"
+        try:
+            body = await _read_body(request, settings.webhook_max_body_bytes)
+            content_type = request.headers.get("content-type", "").split(";")[0]
+            push = parse_push(path, body, content_type.strip().lower())
+            token = request.query_params.get("token") or push.token
+            if token is None:
+                raise Refused(401, "missing_token", "token missing")
+            if not token_matches(token, expected_token):
+                raise Refused(403, "wrong_token", "token does not match")
+            origin = push.origin
+            await asyncio.wait_for(
+                publish(push, datetime.now(UTC)), timeout=ack_timeout_s
+            )
+        except Refused as exc:
+            metrics.count(origin, exc.reason)
+            logger.info("refused push to /%s: %s", path, exc.reason)
+            return JSONResponse(
+                {"code": exc.status, "msg": exc.message, "reason": exc.reason},
+                status_code=exc.status,
+            )
+        except (TimeoutError, KafkaError, OSError) as exc:
+            metrics.count(origin, "broker_unavailable")
+            logger.warning(
+                "push to /%s not acknowledged by Kafka, answered 503: %s",
+                path,
+                type(exc).__name__,
+            )
+            return JSONResponse(
+                {
+                    "code": 503,
+                    "msg": "records not acknowledged by the broker; resend",
+                    "reason": "broker_unavailable",
+                },
+                status_code=503,
+            )
+        metrics.count(origin, "accepted", len(push.records))
+        logger.debug("published %s records from /%s", len(push.records), path)
+        return JSONResponse(SUCCESS)
+
+    @app.post("/")
+    async def message(request: Request) -> JSONResponse:
+        return await receive(request, "")
+
+    @app.post("/{endpoint}")
+    async def data_push(endpoint: str, request: Request) -> JSONResponse:
+        if not endpoint.startswith("push"):
+            return JSONResponse(
+                {
+                    "code": 404,
+                    "msg": f"no push endpoint /{endpoint}",
+                    "reason": "not_found",
+                },
+                status_code=404,
+            )
+        return await receive(request, endpoint)
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        ready = holder.started
+        return JSONResponse(
+            {"status": "ok" if ready else "broker_unavailable"},
+            status_code=200 if ready else 503,
+        )
+
+    @app.get("/metrics")
+    async def metrics_text() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render())
+
+    return app
+
+
+def main(settings: Settings) -> None:
+    """Serve the receiver until SIGTERM or SIGINT."""
+
+    async def serve(stop: asyncio.Event) -> None:
+        await ensure_topics(settings, RAW_TOPICS)
+        config = uvicorn.Config(
+            create_app(settings),
+            host=settings.webhook_host,
+            port=settings.webhook_port,
+            log_config=None,
+            lifespan="on",
+        )
+        server = uvicorn.Server(config)
+        # uvicorn takes SIGTERM/SIGINT while it serves and raises them again when
+        # it is done, so either way out ends both the server and the stage.
+        serving = asyncio.create_task(server.serve())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        server.should_exit = True
+        stopping.cancel()
+        await serving
+        logger.info("webhook receiver stopped")
+
+    run_until_stopped(serve)
