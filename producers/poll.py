@@ -1,0 +1,355 @@
+"""The poll worker: the Open API's devices, live locations and history into raw topics.
+
+Three schedules run side by side: the device registry (and sub-accounts), live
+locations (``location.list`` per account, then ``location.get`` for devices the
+list silently left out), and history: track points per device, alarms and trips
+per batch of devices.
+
+History is read in windows that start ``poll_tracks_overlap_seconds`` before the
+device's watermark, so points the platform receives late are still caught. A
+watermark (``tracksolid.poll_watermarks``) advances only after Kafka has
+acknowledged every record of its window. Delivery is therefore at least once:
+records in the overlap, and those of a window in flight when the worker dies,
+are published again; downstream dedupes on ``(imei, gps_time)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+
+from fleetstream.db import create_pool
+from fleetstream.errors import FleetstreamError
+from fleetstream.kafka import make_producer
+from fleetstream.runtime import run_until_stopped, sleep_or_stop
+from fleetstream.settings import Settings
+from producers.client import ApiError, Envelope, TracksolidClient
+from producers.publish import RawPublisher, record_imei
+
+logger = logging.getLogger(__name__)
+
+CHILD_LIST = "jimi.user.child.list"
+DEVICE_LIST = "jimi.user.device.list"
+LOCATION_LIST = "jimi.user.device.location.list"
+LOCATION_GET = "jimi.device.location.get"
+TRACK_LIST = "jimi.device.track.list"
+TRACK_MILEAGE = "jimi.device.track.mileage"
+ALARM_LIST = "jimi.device.alarm.list"
+
+MAX_LOCATION_IMEIS = 100
+MAX_ALARM_IMEIS = 100
+MILEAGE_BATCH = 50
+ALARM_PAGE_SIZE = 100
+MAX_ALARM_ROWS = 1000
+MAX_TRACK_WINDOW = timedelta(days=7)
+MAX_ALARM_WINDOW = timedelta(days=30)
+
+
+def worker_name(stage: str) -> str:
+    """Return ``stage@host:pid``, the worker recorded with each API call."""
+    return f"{stage}@{socket.gethostname()}:{os.getpid()}"
+
+
+def chunks(items: Sequence[str], size: int) -> list[list[str]]:
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+def whole_second(moment: datetime) -> datetime:
+    return moment.replace(microsecond=0)
+
+
+async def load_watermarks(pool, method: str, imeis: Iterable[str]) -> dict:
+    rows = await pool.fetch(
+        "SELECT imei, watermark FROM tracksolid.poll_watermarks"
+        " WHERE method = $1 AND imei = ANY($2::text[])",
+        method,
+        list(imeis),
+    )
+    return {row["imei"]: row["watermark"] for row in rows}
+
+
+async def save_watermarks(
+    pool, method: str, imeis: Iterable[str], mark: datetime
+) -> None:
+    """Move the watermarks of ``imeis`` forward to ``mark``; never backwards."""
+    await pool.executemany(
+        "INSERT INTO tracksolid.poll_watermarks (imei, method, watermark)"
+        " VALUES ($1, $2, $3) ON CONFLICT (imei, method) DO UPDATE SET"
+        " watermark = GREATEST(poll_watermarks.watermark, EXCLUDED.watermark),"
+        " updated_at = now()",
+        [(imei, method, mark) for imei in imeis],
+    )
+
+
+def next_window(
+    mark: datetime, limit: datetime, overlap: timedelta, longest: timedelta
+) -> tuple[datetime, datetime]:
+    """Return the window after ``mark``, re-reading ``overlap``, at most ``longest``."""
+    step = longest - overlap if longest > overlap else longest / 2
+    end = min(mark + step, limit)
+    begin = max(mark - overlap, end - longest)
+    return begin, end
+
+
+class Poller:
+    """Poll one Open API account (and its sub-accounts) into raw topics."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: TracksolidClient,
+        pool,
+        publisher: RawPublisher,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.pool = pool
+        self.publisher = publisher
+        self.clock = clock
+        self.target = settings.tracksolid_target or settings.tracksolid_user_id
+        self.accounts: list[str] = [self.target]
+        self.devices: list[str] = []
+        self.overlap = timedelta(seconds=settings.poll_tracks_overlap_seconds)
+        self.track_window = min(
+            timedelta(seconds=settings.poll_tracks_window_seconds), MAX_TRACK_WINDOW
+        )
+
+    async def _publish(self, envelope: Envelope, imei: str | None = None) -> int:
+        return await self.publisher.publish(
+            envelope.method,
+            envelope.records(),
+            request_id=envelope.request_id,
+            imei=imei,
+        )
+
+    async def poll_devices(self) -> list[str]:
+        """Publish the registry of the account and its sub-accounts; keep the IMEIs."""
+        accounts = [self.target]
+        try:
+            children = await self.client.call(CHILD_LIST, target=self.target)
+            accounts += [
+                str(c["account"]) for c in children.records() if c.get("account")
+            ]
+        except ApiError as exc:
+            logger.warning(
+                "sub-accounts not listed, polling %s only: %s", accounts, exc
+            )
+        devices: dict[str, None] = {}
+        for account in accounts:
+            envelope = await self.client.call(DEVICE_LIST, target=account)
+            await self._publish(envelope)
+            devices.update((i, None) for i in map(record_imei, envelope.records()) if i)
+        self.accounts, self.devices = accounts, list(devices)
+        logger.info(
+            "registry: %d devices in %d accounts", len(self.devices), len(accounts)
+        )
+        return self.devices
+
+    async def poll_locations(self) -> int:
+        """Publish every device's latest fix; fetch those the list omitted by IMEI."""
+        seen: set[str] = set()
+        published = 0
+        for account in self.accounts:
+            envelope = await self.client.call(LOCATION_LIST, target=account)
+            published += await self._publish(envelope)
+            seen.update(i for i in map(record_imei, envelope.records()) if i)
+        missing = [imei for imei in self.devices if imei not in seen]
+        for batch in chunks(missing, MAX_LOCATION_IMEIS):
+            envelope = await self.client.call(LOCATION_GET, imeis=batch)
+            published += await self._publish(envelope)
+        if missing:
+            logger.info(
+                "%d devices missing from location.list fetched by IMEI", len(missing)
+            )
+        return published
+
+    async def poll_tracks(self) -> int:
+        """Catch every device's track up to now, window by window."""
+        limit = whole_second(self.clock()) - timedelta(seconds=1)
+        marks = await load_watermarks(self.pool, TRACK_LIST, self.devices)
+        published = 0
+        for imei in self.devices:
+            mark = marks.get(imei) or limit - self.overlap
+            try:
+                while mark < limit:
+                    begin, end = next_window(
+                        mark, limit, self.overlap, self.track_window
+                    )
+                    envelope = await self.client.call(
+                        TRACK_LIST, imei=imei, begin_time=begin, end_time=end
+                    )
+                    published += await self._publish(envelope, imei=imei)
+                    await save_watermarks(self.pool, TRACK_LIST, [imei], end)
+                    mark = end
+            except ApiError as exc:
+                logger.warning("track of %s not polled this cycle: %s", imei, exc)
+        return published
+
+    async def poll_alarms(self) -> int:
+        """Publish alarms of every device batch since its watermark, page by page."""
+        return await self._poll_batches(
+            ALARM_LIST, MAX_ALARM_IMEIS, MAX_ALARM_WINDOW, self._alarm_window
+        )
+
+    async def poll_trips(self) -> int:
+        """Publish the platform's trips (track.mileage) since each watermark."""
+        return await self._poll_batches(
+            TRACK_MILEAGE, MILEAGE_BATCH, MAX_TRACK_WINDOW, self._mileage_window
+        )
+
+    async def _mileage_window(self, imeis, begin, end) -> int:
+        envelope = await self.client.call(
+            TRACK_MILEAGE, imeis=imeis, begin_time=begin, end_time=end
+        )
+        return await self._publish(envelope)
+
+    async def _alarm_window(self, imeis, begin, end) -> int:
+        published = 0
+        previous_first = None
+        for page in range(1, MAX_ALARM_ROWS // ALARM_PAGE_SIZE + 1):
+            envelope = await self.client.call(
+                ALARM_LIST,
+                imeis=imeis,
+                begin_time=begin,
+                end_time=end,
+                page_no=page,
+                page_size=ALARM_PAGE_SIZE,
+            )
+            rows = envelope.records()
+            # A platform that ignores page_no serves page 1 again: stop there.
+            if rows and rows[0] == previous_first:
+                logger.warning("alarm.list repeated a page; paging stopped at %d", page)
+                break
+            published += await self._publish(envelope)
+            if len(rows) < ALARM_PAGE_SIZE:
+                break
+            previous_first = rows[0]
+        else:
+            logger.warning(
+                "alarm.list hit its %d-row cap for %d devices in %s..%s;"
+                " later alarms of that window are not returned by the platform",
+                MAX_ALARM_ROWS,
+                len(imeis),
+                begin,
+                end,
+            )
+        return published
+
+    async def _poll_batches(
+        self,
+        method: str,
+        batch_size: int,
+        longest: timedelta,
+        fetch: Callable[[list[str], datetime, datetime], Awaitable[int]],
+    ) -> int:
+        limit = whole_second(self.clock()) - timedelta(seconds=1)
+        marks = await load_watermarks(self.pool, method, self.devices)
+        # Devices that share a watermark share calls.
+        groups: dict[datetime, list[str]] = {}
+        for imei in self.devices:
+            groups.setdefault(marks.get(imei) or limit - self.overlap, []).append(imei)
+        published = 0
+        for start, imeis in sorted(groups.items()):
+            for batch in chunks(imeis, batch_size):
+                mark = start
+                try:
+                    while mark < limit:
+                        begin, end = next_window(mark, limit, self.overlap, longest)
+                        published += await fetch(batch, begin, end)
+                        await save_watermarks(self.pool, method, batch, end)
+                        mark = end
+                except ApiError as exc:
+                    logger.warning(
+                        "%s for %d devices not polled this cycle: %s",
+                        method,
+                        len(batch),
+                        exc,
+                    )
+        return published
+
+    async def poll_history(self) -> int:
+        return (
+            await self.poll_tracks()
+            + await self.poll_alarms()
+            + await self.poll_trips()
+        )
+
+
+async def every(
+    stop: asyncio.Event,
+    seconds: float,
+    job: Callable[[], Awaitable[object]],
+    *,
+    wait_first: bool = False,
+) -> None:
+    """Run ``job`` every ``seconds`` until ``stop``; a failed run waits its turn."""
+    if wait_first and await sleep_or_stop(stop, seconds):
+        return
+    while not stop.is_set():
+        try:
+            await job()
+        except (FleetstreamError, OSError) as exc:
+            logger.warning("%s failed, retrying next cycle: %s", job.__name__, exc)
+        if await sleep_or_stop(stop, seconds):
+            return
+
+
+async def run_poll(settings: Settings, stop: asyncio.Event) -> None:
+    """Poll until ``stop`` is set, then flush the producer and close connections."""
+    pool = await create_pool(settings.database_url, min_size=1, max_size=4)
+    client = TracksolidClient(settings, pool, worker=worker_name("poll"))
+    producer = make_producer(settings)
+    await producer.start()
+    tasks: list[asyncio.Task] = []
+    try:
+        poller = Poller(
+            settings, client, pool, RawPublisher(producer, settings, "poll")
+        )
+        while not poller.devices and not stop.is_set():
+            try:
+                await poller.poll_devices()
+            except (FleetstreamError, OSError) as exc:
+                logger.warning("device registry not read yet: %s", exc)
+            if not poller.devices:
+                await sleep_or_stop(stop, settings.poll_locations_interval_seconds)
+        tasks = [
+            asyncio.create_task(
+                every(
+                    stop,
+                    settings.poll_devices_interval_seconds,
+                    poller.poll_devices,
+                    wait_first=True,
+                )
+            ),
+            asyncio.create_task(
+                every(
+                    stop,
+                    settings.poll_locations_interval_seconds,
+                    poller.poll_locations,
+                )
+            ),
+            asyncio.create_task(
+                every(stop, settings.poll_tracks_interval_seconds, poller.poll_history)
+            ),
+        ]
+        await stop.wait()
+    finally:
+        # A job cut short leaves its watermark where the last acknowledged
+        # window put it, so the next run re-reads that window.
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await producer.stop()
+        await client.aclose()
+        await pool.close()
+        logger.info("poll worker stopped")
+
+
+def main(settings: Settings) -> None:
+    """Run the poll worker until SIGTERM or SIGINT."""
+    run_until_stopped(lambda stop: run_poll(settings, stop))
