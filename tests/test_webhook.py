@@ -456,59 +456,71 @@ async def test_hundreds_of_concurrent_pushes_land_exactly_once(receiver):
     assert stored == sent
 
 
-async def test_broker_outage_answers_503_then_recovers(make_settings, state_dir):
-    broker = EmbeddedBroker(free_port(), state_dir / "outage-tansu.log").start()
-    try:
-        settings = make_settings(
-            kafka_bootstrap_servers=broker.bootstrap_servers,
-            broker_profile="embedded",
-            webhook_push_token=SAMPLE_TOKEN,
-            kafka_request_timeout_ms=3000,
+async def push_until_accepted(client, url, record, seconds=60.0):
+    """Push like a platform that resends on 503; return the last response."""
+    deadline = time.monotonic() + seconds
+    while True:
+        response = await client.post(
+            url + "/pushgps", content=form(SAMPLE_TOKEN, [record]), headers=FORM
         )
-        await ensure_topics(settings, RAW_TOPICS)
+        if response.status_code != 503 or time.monotonic() > deadline:
+            return response
+        await asyncio.sleep(0.2)
+
+
+async def test_broker_outage_answers_503_then_recovers(make_settings, state_dir):
+    broker = EmbeddedBroker(free_port(), state_dir / "outage-tansu.log")
+    settings = make_settings(
+        kafka_bootstrap_servers=broker.bootstrap_servers,
+        broker_profile="embedded",
+        webhook_push_token=SAMPLE_TOKEN,
+        kafka_request_timeout_ms=3000,
+    )
+    records = [gps_record("860001000000011", second) for second in range(4)]
+    try:
         async with (
             serving(create_app(settings)) as url,
             httpx.AsyncClient(timeout=30) as client,
         ):
-            before = await client.post(
-                url + "/pushgps",
-                content=form(SAMPLE_TOKEN, [gps_record("860001000000011", 1)]),
-                headers=FORM,
+            # The receiver came up before the broker.
+            health_down = await client.get(url + "/healthz")
+            no_broker_yet = await client.post(
+                url + "/pushgps", content=form(SAMPLE_TOKEN, records[:1]), headers=FORM
             )
+            broker.start()
+            await ensure_topics(settings, RAW_TOPICS)
+            first = await push_until_accepted(client, url, records[1])
+            health_up = await client.get(url + "/healthz")
+
             broker.stop()
             started = time.monotonic()
             during = await client.post(
-                url + "/pushgps",
-                content=form(SAMPLE_TOKEN, [gps_record("860001000000011", 2)]),
-                headers=FORM,
+                url + "/pushgps", content=form(SAMPLE_TOKEN, records[2:3]), headers=FORM
             )
             refused_after = time.monotonic() - started
 
             broker.start()
             # Memory storage lost the topics with the process.
             await ensure_topics(settings, RAW_TOPICS)
-            after_record = gps_record("860001000000011", 3)
-            deadline = time.monotonic() + 60
-            while True:
-                after = await client.post(
-                    url + "/pushgps",
-                    content=form(SAMPLE_TOKEN, [after_record]),
-                    headers=FORM,
-                )
-                if after.status_code != 503 or time.monotonic() > deadline:
-                    break
+            after = await push_until_accepted(client, url, records[3])
             metrics = (await client.get(url + "/metrics")).text
 
-        assert before.status_code == 200
+        assert health_down.status_code == 503
+        assert no_broker_yet.status_code == 503
+        assert no_broker_yet.json()["reason"] == "broker_unavailable"
+        assert first.status_code == 200
+        assert health_up.status_code == 200
         assert during.status_code == 503
         assert during.json()["reason"] == "broker_unavailable"
         assert refused_after < 10
         assert after.status_code == 200
         assert 'outcome="broker_unavailable"}' in metrics
-        # The acknowledged record is on the restarted broker. The refused one may
-        # be there too (sent before the timeout), which is why it was not acked.
+        # The record acknowledged after the restart is on the new broker; the
+        # refused one may be there too (it can land after its 503), which is
+        # exactly why it was not acknowledged.
         got = decoded(await read_topic(settings, settings.topic("raw", "position"), 1))
         payloads = [json.loads(e["payload"]) for _, e in got]
-        assert after_record in payloads
+        assert records[3] in payloads
+        assert records[1] not in payloads
     finally:
         broker.stop()
