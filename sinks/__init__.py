@@ -1,0 +1,1 @@
+"""Sinks: write clean topics into PostgreSQL in batches, idempotently."""

@@ -1,0 +1,34 @@
+"""The ``fleetstream sink`` stage: one consumer group per declared sink."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from fleetstream.runtime import run_until_stopped
+from fleetstream.settings import Settings
+from sinks.kinds import SINKS, SinkSpec
+from sinks.sink import Sink
+
+logger = logging.getLogger(__name__)
+
+
+async def run_sinks(
+    settings: Settings, stop: asyncio.Event, sinks: tuple[SinkSpec, ...] = SINKS
+) -> list[Sink]:
+    """Run every sink until ``stop`` is set; a sink that fails stops the others."""
+    running = [Sink(settings, sink) for sink in sinks]
+    logger.info("starting %d sinks: %s", len(running), [s.spec.kind for s in running])
+    async with asyncio.TaskGroup() as group:
+        for sink in running:
+            group.create_task(sink.run(stop), name=f"sink-{sink.spec.kind}")
+    return running
+
+
+def main(settings: Settings) -> None:
+    """Write every clean topic into PostgreSQL until SIGTERM or SIGINT."""
+
+    async def sink_stage(stop: asyncio.Event) -> None:
+        await run_sinks(settings, stop)
+
+    run_until_stopped(sink_stage)

@@ -1,0 +1,379 @@
+"""Consume one clean topic into PostgreSQL in batches, at least once, idempotently.
+
+A batch is read with ``getmany`` up to ``sink_batch_max_records`` records or
+``sink_batch_max_wait_ms`` after its first record, written in one database
+transaction, and only then are its offsets committed, partition by partition. A
+crash between the two re-reads the batch, and the tables' natural keys make the
+rewrite change nothing.
+
+Records that cannot be decoded, and rows PostgreSQL rejects, go to the
+dead-letter topic with their origin and the reason before the batch's offsets
+are committed; the rest of the batch is written. Any other failure of the
+database or the broker pauses the sink: its partitions are paused (the consumer
+keeps its group membership), the batch is retried with exponential backoff up
+to a ceiling, for as long as it takes, and nothing is committed meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+from fleetstream.codec import codec
+from fleetstream.kafka import ensure_topics, make_consumer, make_producer
+from fleetstream.settings import Settings
+from fleetstream.topics import CLEAN, DEADLETTER_TOPIC, spec
+from sinks.kinds import SinkSpec
+from sinks.stats import SinkStats
+from sinks.writer import BatchWriter
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Failures of a service rather than of a record: wait for the service and retry.
+TRANSIENT = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    KafkaError,
+)
+DB_COMMAND_TIMEOUT_SECONDS = 60.0
+REASON_MAX_CHARS = 1000
+
+
+class Stopping(Exception):
+    """The stop event was set while the sink waited to retry."""
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, sink: Sink) -> None:
+        self._sink = sink
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        await self._sink.release(set(revoked))
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        logger.info(
+            "sink %s: assigned partitions %s",
+            self._sink.spec.kind,
+            sorted(tp.partition for tp in assigned),
+        )
+
+
+class Sink:
+    """One consumer group writing one clean topic into its tables.
+
+    ``after_db_commit`` is awaited after each batch's database commit and before
+    its offsets are committed; tests use it to crash the sink in between.
+    ``group_id`` replaces the sink's own group, e.g. to replay a topic.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        sink: SinkSpec,
+        *,
+        initial_backoff_seconds: float = 0.5,
+        max_backoff_seconds: float = 30.0,
+        stats_interval_seconds: float = 60.0,
+        after_db_commit: Callable[[], Awaitable[None]] | None = None,
+        group_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.spec = sink
+        self.stats = SinkStats(sink.kind)
+        self.topic = sink.topic(settings)
+        self.group_id = group_id or sink.group_id(settings)
+        self.dead_letter_topic = DEADLETTER_TOPIC.name(settings)
+        self.initial_backoff_seconds = initial_backoff_seconds
+        self.max_backoff_seconds = max_backoff_seconds
+        self.stats_interval_seconds = stats_interval_seconds
+        self.after_db_commit = after_db_commit
+        # A revoked partition waits for the batch in flight at most this long,
+        # well inside the time the group gives members to rejoin.
+        self.revoke_wait_seconds = settings.kafka_tuning()["rebalance_timeout_ms"] / 2000
+        self._writer = BatchWriter(sink)
+        self._codec = codec(sink.schema)
+        self._dead_codec = codec(DEADLETTER_TOPIC.schema)
+        self._row = sink.row_getter()
+        self._conn: asyncpg.Connection | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        # Next offsets whose records are in the database but not yet committed.
+        self._pending: dict[TopicPartition, int] = {}
+        self._batch_lock = asyncio.Lock()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set, then commit the batch in hand and return."""
+        await ensure_topics(self.settings, (spec(CLEAN, self.spec.kind), DEADLETTER_TOPIC))
+        self._producer = make_producer(self.settings)
+        self._consumer = make_consumer(self.settings, group_id=self.group_id)
+        await self._producer.start()
+        try:
+            await self._consumer.start()
+            self._consumer.subscribe([self.topic], listener=_Rebalance(self))
+            logger.info("sink %s: consuming %s", self.spec.kind, self.topic)
+            await self._consume(stop)
+        finally:
+            await self._consumer.stop()
+            await self._producer.stop()
+            if self._conn is not None:
+                await self._conn.close()
+            logger.info("stopped %s", self.stats.summary())
+
+    async def _consume(self, stop: asyncio.Event) -> None:
+        next_report = time.monotonic() + self.stats_interval_seconds
+        while not stop.is_set():
+            batch = await self._collect(stop)
+            if batch:
+                try:
+                    async with self._batch_lock:
+                        await self._handle(batch, stop)
+                except Stopping:
+                    logger.info(
+                        "sink %s: stopped while retrying; %d records not committed, "
+                        "they will be read again",
+                        self.spec.kind,
+                        len(batch),
+                    )
+                    return
+            if time.monotonic() >= next_report:
+                logger.info("%s", self.stats.summary())
+                next_report = time.monotonic() + self.stats_interval_seconds
+
+    async def _collect(self, stop: asyncio.Event) -> list[ConsumerRecord]:
+        """Return the next batch: empty when nothing arrived within the wait."""
+        limit = self.settings.sink_batch_max_records
+        wait = self.settings.sink_batch_max_wait_ms / 1000
+        batch: list[ConsumerRecord] = []
+        deadline = time.monotonic() + wait
+        while len(batch) < limit and not stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 and batch:
+                break
+            fetched = await self._consumer.getmany(
+                timeout_ms=max(int(remaining * 1000), 0), max_records=limit - len(batch)
+            )
+            for records in fetched.values():
+                batch.extend(records)
+            if not batch:
+                return batch
+        return batch
+
+    async def _handle(self, batch: list[ConsumerRecord], stop: asyncio.Event) -> None:
+        started = time.monotonic()
+        rows, sources, dead = self._decode(batch)
+
+        changed, rejected = await self._retrying(stop, "database", self._write, rows)
+        dead.extend((sources[r.index], r.reason) for r in rejected)
+        if self.after_db_commit is not None:
+            await self.after_db_commit()
+        if dead:
+            await self._retrying(stop, "dead-letter topic", self._send_dead, dead)
+
+        for record in batch:
+            tp = TopicPartition(record.topic, record.partition)
+            self._pending[tp] = max(self._pending.get(tp, 0), record.offset + 1)
+        await self._retrying(stop, "group coordinator", self._commit_pending)
+        self.stats.observe_batch(len(batch), changed, len(dead), time.monotonic() - started)
+
+    def _decode(
+        self, batch: list[ConsumerRecord]
+    ) -> tuple[list[tuple], list[ConsumerRecord], list[tuple[ConsumerRecord, str]]]:
+        rows: list[tuple] = []
+        sources: list[ConsumerRecord] = []
+        dead: list[tuple[ConsumerRecord, str]] = []
+        for record in batch:
+            if record.value is None:
+                dead.append((record, "empty value"))
+                continue
+            try:
+                row = self._row(self._codec.decode(record.value))
+            # Undecodable bytes make the Avro reader fail in many ways; whatever
+            # it raises, the record is unusable here and belongs to the operator.
+            except Exception as exc:  # noqa: BLE001
+                dead.append((record, f"undecodable: {type(exc).__name__}: {exc}"))
+                continue
+            rows.append(row)
+            sources.append(record)
+        return rows, sources, dead
+
+    async def _retrying(
+        self,
+        stop: asyncio.Event,
+        service: str,
+        operation: Callable[..., Awaitable[T]],
+        *args: Any,
+    ) -> T:
+        """Run ``operation`` until it succeeds, pausing consumption between tries."""
+        delay = self.initial_backoff_seconds
+        failures = 0
+        while True:
+            try:
+                result = await operation(*args)
+            except TRANSIENT as exc:
+                failures += 1
+                self.stats.retries += 1
+                logger.warning(
+                    "sink %s: %s unavailable (%s: %s); batch not committed, "
+                    "retry %d in %.1f s",
+                    self.spec.kind,
+                    service,
+                    type(exc).__name__,
+                    exc,
+                    failures,
+                    delay,
+                )
+                await self._wait_paused(delay, stop)
+                delay = min(delay * 2, self.max_backoff_seconds)
+                continue
+            if failures:
+                self._consumer.resume(*self._consumer.assignment())
+                logger.info(
+                    "sink %s: %s available again after %d retries",
+                    self.spec.kind,
+                    service,
+                    failures,
+                )
+            return result
+
+    async def _wait_paused(self, seconds: float, stop: asyncio.Event) -> None:
+        """Wait with every partition paused, still polling to stay in the group."""
+        consumer = self._consumer
+        deadline = time.monotonic() + seconds
+        while not stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            consumer.pause(*consumer.assignment())
+            fetched = await consumer.getmany(timeout_ms=int(min(remaining, 1.0) * 1000))
+            for tp, records in fetched.items():
+                # Partitions assigned during the wait start unpaused; rewind what
+                # they delivered so that it is read again after the retry.
+                consumer.seek(tp, records[0].offset)
+        raise Stopping
+
+    async def _connection(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            conn = await asyncpg.connect(
+                self.settings.database_url,
+                command_timeout=DB_COMMAND_TIMEOUT_SECONDS,
+                server_settings={
+                    "timezone": "UTC",
+                    "application_name": f"fleetstream-sink-{self.spec.kind}",
+                },
+            )
+            try:
+                await self._writer.prepare(conn)
+            except BaseException:
+                await conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    async def _write(self, rows: Sequence[tuple]) -> tuple[dict[str, int], list]:
+        if not rows:
+            return {}, []
+        conn = await self._connection()
+        try:
+            return await self._writer.write(conn, rows)
+        except BaseException:
+            # The session's state is unknown after a failed write: start afresh.
+            self._conn = None
+            conn.terminate()
+            raise
+
+    async def _send_dead(self, dead: list[tuple[ConsumerRecord, str]]) -> None:
+        failed_at = datetime.now(UTC)
+        sent = []
+        for record, reason in dead:
+            value = self._dead_codec.encode(
+                {
+                    "stage": "sink",
+                    "reason": reason[:REASON_MAX_CHARS],
+                    "origin_topic": record.topic,
+                    "origin_partition": record.partition,
+                    "origin_offset": record.offset,
+                    "key": record.key,
+                    "value": record.value,
+                    "failed_at": failed_at,
+                }
+            )
+            sent.append(
+                await self._producer.send(self.dead_letter_topic, value, key=record.key)
+            )
+        await asyncio.gather(*sent)
+        logger.warning(
+            "sink %s: sent %d records to %s",
+            self.spec.kind,
+            len(dead),
+            self.dead_letter_topic,
+        )
+
+    async def _commit_pending(self) -> None:
+        assignment = self._consumer.assignment()
+        for tp in [tp for tp in self._pending if tp not in assignment]:
+            del self._pending[tp]
+        offsets = dict(self._pending)
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            logger.warning(
+                "sink %s: offsets of partitions %s not committed (%s); their "
+                "records will be read and rewritten again, without duplicates",
+                self.spec.kind,
+                sorted(tp.partition for tp in offsets),
+                type(exc).__name__,
+            )
+            return
+        for tp, offset in offsets.items():
+            if self._pending.get(tp) == offset:
+                del self._pending[tp]
+
+    async def release(self, revoked: set[TopicPartition]) -> None:
+        """Commit what is written of partitions being revoked, and forget them.
+
+        Waits briefly for the batch in flight; offsets of a batch that is not in
+        the database yet are never committed.
+        """
+        try:
+            await asyncio.wait_for(self._batch_lock.acquire(), self.revoke_wait_seconds)
+        except TimeoutError:
+            logger.warning(
+                "sink %s: batch still in flight at revocation; its records will be "
+                "rewritten by the next owner of the partitions",
+                self.spec.kind,
+            )
+            held = False
+        else:
+            held = True
+        try:
+            offsets = {tp: o for tp, o in self._pending.items() if tp in revoked}
+            if offsets:
+                try:
+                    await self._consumer.commit(offsets)
+                except KafkaError as exc:
+                    logger.warning(
+                        "sink %s: offsets of revoked partitions not committed (%s); "
+                        "the next owner rewrites their last records",
+                        self.spec.kind,
+                        type(exc).__name__,
+                    )
+            for tp in revoked:
+                self._pending.pop(tp, None)
+        finally:
+            if held:
+                self._batch_lock.release()

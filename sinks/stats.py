@@ -1,0 +1,52 @@
+"""Counters of one sink, read by tests and logged as one line now and then."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SinkStats:
+    """What one sink has done since it started.
+
+    ``records`` counts consumed records whose batch was committed; ``rows_written``
+    counts table rows PostgreSQL reported inserted or updated, summed over the
+    sink's tables (``rows_by_table`` splits it), so a replay adds records but no
+    rows.
+    """
+
+    kind: str
+    records: int = 0
+    rows_written: int = 0
+    batches: int = 0
+    dead_letters: int = 0
+    retries: int = 0
+    batch_seconds_total: float = 0.0
+    batch_seconds_max: float = 0.0
+    rows_by_table: dict[str, int] = field(default_factory=dict)
+
+    def observe_batch(
+        self, records: int, rows: dict[str, int], dead: int, seconds: float
+    ) -> None:
+        """Count one committed batch."""
+        self.batches += 1
+        self.records += records
+        for table, count in rows.items():
+            self.rows_by_table[table] = self.rows_by_table.get(table, 0) + count
+            self.rows_written += count
+        self.dead_letters += dead
+        self.batch_seconds_total += seconds
+        self.batch_seconds_max = max(self.batch_seconds_max, seconds)
+
+    @property
+    def batch_seconds_mean(self) -> float:
+        return self.batch_seconds_total / self.batches if self.batches else 0.0
+
+    def summary(self) -> str:
+        """Return the counters as one log line."""
+        return (
+            f"sink {self.kind}: {self.records} records, {self.rows_written} rows "
+            f"written, {self.batches} batches (mean {self.batch_seconds_mean * 1000:.1f}"
+            f" ms, max {self.batch_seconds_max * 1000:.1f} ms), {self.retries} "
+            f"retries, {self.dead_letters} dead letters"
+        )
