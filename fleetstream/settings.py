@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     tracksolid_token_refresh_margin_seconds: int = 600
     tracksolid_http_timeout_seconds: float = 150.0
     platform_timezone: str = "UTC"
+    # Unit of distance in jimi.device.track.mileage: the spec says metres, real
+    # accounts report kilometres.
+    platform_trip_distance_unit: Literal["km", "m"] = "km"
 
     poll_locations_interval_seconds: float = 60.0
     poll_devices_interval_seconds: float = 3600.0
