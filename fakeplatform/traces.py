@@ -334,6 +334,21 @@ def expected_fixes(trace: Trace) -> set[float]:
     return {p.offset_s for p in trace.points if is_valid_fix(p)}
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """One fix as the platform receives it during a replay."""
+
+    trace: Trace
+    point: TracePoint
+    gps_time: datetime
+    delivered_at: datetime
+    pass_index: int
+    # The first and the last fix a pass delivers: the device comes online and
+    # goes quiet there.
+    first_of_pass: bool
+    last_of_pass: bool
+
+
 class _Placed:
     """One trace's points indexed for window queries."""
 
@@ -409,27 +424,37 @@ class Replay:
         last = math.floor(high_s / period) if self.loop else 0
         return range(first, max(first, last + 1) if high_s >= 0 else first)
 
-    def delivered(
-        self, since: datetime, until: datetime
-    ) -> list[tuple[Trace, TracePoint, datetime]]:
-        """Return (trace, point, gps_time) delivered in (since, until], by delivery."""
+    def deliveries(self, since: datetime, until: datetime) -> list[Delivery]:
+        """Return every fix delivered in (since, until], in delivery order."""
         found = []
         for placed in self._placed.values():
             trace = placed.trace
             low = self._trace_seconds(placed, since)
             high = self._trace_seconds(placed, until)
+            last = len(placed.by_delivery) - 1
             for n in self._passes(placed, low, high):
                 base = n * self.period_s(trace)
                 # A little slack on the float window; the exact test is on instants.
                 i = bisect.bisect_left(placed.delivery_keys, low - base - 1e-3)
                 j = bisect.bisect_right(placed.delivery_keys, high - base + 1e-3)
-                for point in placed.by_delivery[i:j]:
+                for index in range(i, j):
+                    point = placed.by_delivery[index]
                     at = self.instant(trace, n, point.delivery_offset_s)
                     if since < at <= until:
                         gps = self.instant(trace, n, point.offset_s)
-                        found.append((at, trace, point, gps))
-        found.sort(key=lambda item: item[0])
-        return [(trace, point, gps) for _, trace, point, gps in found]
+                        found.append(
+                            Delivery(
+                                trace, point, gps, at, n, index == 0, index == last
+                            )
+                        )
+        found.sort(key=lambda delivery: delivery.delivered_at)
+        return found
+
+    def delivered(
+        self, since: datetime, until: datetime
+    ) -> list[tuple[Trace, TracePoint, datetime]]:
+        """Return (trace, point, gps_time) delivered in (since, until], by delivery."""
+        return [(d.trace, d.point, d.gps_time) for d in self.deliveries(since, until)]
 
     def fixes(
         self, imei: str, begin: datetime, end: datetime, now: datetime
