@@ -102,7 +102,9 @@ class Sink:
         self.after_db_commit = after_db_commit
         # A revoked partition waits for the batch in flight at most this long,
         # well inside the time the group gives members to rejoin.
-        self.revoke_wait_seconds = settings.kafka_tuning()["rebalance_timeout_ms"] / 2000
+        self.revoke_wait_seconds = (
+            settings.kafka_tuning()["rebalance_timeout_ms"] / 2000
+        )
         self._writer = BatchWriter(sink)
         self._codec = codec(sink.schema)
         self._dead_codec = codec(DEADLETTER_TOPIC.schema)
@@ -116,7 +118,9 @@ class Sink:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set, then commit the batch in hand and return."""
-        await ensure_topics(self.settings, (spec(CLEAN, self.spec.kind), DEADLETTER_TOPIC))
+        await ensure_topics(
+            self.settings, (spec(CLEAN, self.spec.kind), DEADLETTER_TOPIC)
+        )
         self._producer = make_producer(self.settings)
         self._consumer = make_consumer(self.settings, group_id=self.group_id)
         await self._producer.start()
@@ -186,7 +190,9 @@ class Sink:
             tp = TopicPartition(record.topic, record.partition)
             self._pending[tp] = max(self._pending.get(tp, 0), record.offset + 1)
         await self._retrying(stop, "group coordinator", self._commit_pending)
-        self.stats.observe_batch(len(batch), changed, len(dead), time.monotonic() - started)
+        self.stats.observe_batch(
+            len(batch), changed, len(dead), time.monotonic() - started
+        )
 
     def _decode(
         self, batch: list[ConsumerRecord]

@@ -44,9 +44,11 @@ class SinkStats:
 
     def summary(self) -> str:
         """Return the counters as one log line."""
+        mean_ms = self.batch_seconds_mean * 1000
+        max_ms = self.batch_seconds_max * 1000
         return (
             f"sink {self.kind}: {self.records} records, {self.rows_written} rows "
-            f"written, {self.batches} batches (mean {self.batch_seconds_mean * 1000:.1f}"
-            f" ms, max {self.batch_seconds_max * 1000:.1f} ms), {self.retries} "
-            f"retries, {self.dead_letters} dead letters"
+            f"written, {self.batches} batches (mean {mean_ms:.1f} ms, max "
+            f"{max_ms:.1f} ms), {self.retries} retries, {self.dead_letters} "
+            "dead letters"
         )

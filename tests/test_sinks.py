@@ -13,7 +13,6 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
-import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -119,7 +118,9 @@ async def until(predicate, timeout: float = 30.0, what: str = "condition") -> No
 
 
 async def fetch(settings, sql: str, *args) -> list[tuple]:
-    conn = await asyncpg.connect(settings.database_url, server_settings={"timezone": "UTC"})
+    conn = await asyncpg.connect(
+        settings.database_url, server_settings={"timezone": "UTC"}
+    )
     try:
         return [tuple(row) for row in await conn.fetch(sql, *args)]
     finally:
@@ -251,8 +252,15 @@ async def test_device_upsert_keeps_newest_and_operator_columns(settings):
     )
     assert rows == [
         (imei, "Wanjiru", "KDB 9Z", "KDB9Z", "CC-7", "Mombasa", newer["received_at"]),
-        (other["imei"], "Achieng", "KDA 123A", "KDA123A", None, None,
-         other["received_at"]),
+        (
+            other["imei"],
+            "Achieng",
+            "KDA 123A",
+            "KDA123A",
+            None,
+            None,
+            other["received_at"],
+        ),
     ]
 
 
@@ -308,11 +316,15 @@ async def committed(settings, group: str) -> dict[int, int]:
     await admin.start()
     try:
         topic = settings.topic(CLEAN, "position")
-        partitions = [TopicPartition(topic, p) for p in range(settings.topic_partitions)]
+        partitions = [
+            TopicPartition(topic, p) for p in range(settings.topic_partitions)
+        ]
         offsets = await admin.list_consumer_group_offsets(group, partitions=partitions)
     finally:
         await admin.close()
-    return {tp.partition: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+    return {
+        tp.partition: meta.offset for tp, meta in offsets.items() if meta.offset >= 0
+    }
 
 
 @contextlib.asynccontextmanager
@@ -350,7 +362,9 @@ async def test_database_outage_pauses_and_resumes_without_loss(settings):
             assert sum((await committed(settings, group)).values()) == len(before)
             assert sink.stats.records == len(before)
             assert not task.done()
-        await until(lambda: sink.stats.records == len(before) + len(during), what="resume")
+        await until(
+            lambda: sink.stats.records == len(before) + len(during), what="resume"
+        )
         await until(
             lambda: committed_total(settings, group, len(before) + len(during)),
             what="commit after the outage",
