@@ -299,7 +299,11 @@ async def migrate(
     """
     settings = {"fleet_timezone": fleet_timezone} if fleet_timezone else {}
     server_settings = {"timezone": "UTC", "application_name": "fleetstream-migrate"}
-    conn = await asyncpg.connect(url, server_settings=server_settings)
+    # No statement cache: PGlite shares one session between successive connections,
+    # so cached statement names of an earlier connection would collide.
+    conn = await asyncpg.connect(
+        url, server_settings=server_settings, statement_cache_size=0
+    )
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
         try:

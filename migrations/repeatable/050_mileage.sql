@@ -1,0 +1,59 @@
+-- Daily distance per vehicle, shared by both flavours.
+--
+-- Great-circle distance in metres on a sphere of the mean Earth radius
+-- (6 371 008.8 m); the stream computes trip and daily distance the same way.
+CREATE OR REPLACE FUNCTION tracksolid.distance_m(
+    lat1 double precision, lng1 double precision,
+    lat2 double precision, lng2 double precision
+) RETURNS double precision
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+SELECT 2 * 6371008.8 * asin(least(1, sqrt(
+    sin(radians(lat2 - lat1) / 2) ^ 2
+    + cos(radians(lat1)) * cos(radians(lat2)) * sin(radians(lng2 - lng1) / 2) ^ 2)))
+$$;
+
+-- Length in km of the path through the fixes, taken in time order. A segment
+-- between consecutive fixes counts when
+--   * time moves forward and its implied speed is at most 250 km/h (a jump
+--     beyond that is a bad fix, not a drive), and
+--   * the vehicle moved: either end reports >= 3 km/h, or the fixes are at least
+--     100 m apart (so that stationary jitter of a parked vehicle adds nothing,
+--     while a drive sampled only at its stops still counts).
+-- Callers leave cell-tower (LBS) and Wi-Fi fixes out; they wander by hundreds
+-- of metres.
+CREATE OR REPLACE FUNCTION tracksolid.gps_path_km(points tracksolid.path_point[])
+    RETURNS double precision
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+SELECT coalesce(sum(seg_m) FILTER (
+           WHERE seg_s > 0
+             AND seg_m / seg_s * 3.6 <= 250
+             AND (greatest(speed_kmh, prev_speed_kmh) >= 3 OR seg_m >= 100)
+       ), 0) / 1000
+FROM (
+    SELECT tracksolid.distance_m(lag(lat) OVER w, lag(lng) OVER w, lat, lng) AS seg_m,
+           extract(epoch FROM t - lag(t) OVER w) AS seg_s,
+           speed_kmh,
+           lag(speed_kmh) OVER w AS prev_speed_kmh
+    FROM unnest(points) AS p
+    WHERE t IS NOT NULL
+    WINDOW w AS (ORDER BY t)
+) segments
+$$;
+
+-- Which figure a day reports: the device odometer when it gave at least two
+-- readings with a plausible difference (0..2000 km), else the GPS path.
+CREATE OR REPLACE FUNCTION tracksolid.daily_distance_km(
+    odometer_readings bigint, odometer_delta_m double precision, gps_km double precision
+) RETURNS double precision
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+SELECT CASE WHEN odometer_readings >= 2 AND odometer_delta_m BETWEEN 0 AND 2e6
+            THEN odometer_delta_m / 1000 ELSE gps_km END
+$$;
+
+CREATE OR REPLACE FUNCTION tracksolid.daily_distance_source(
+    odometer_readings bigint, odometer_delta_m double precision
+) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+SELECT CASE WHEN odometer_readings >= 2 AND odometer_delta_m BETWEEN 0 AND 2e6
+            THEN 'odometer' ELSE 'gps' END
+$$;

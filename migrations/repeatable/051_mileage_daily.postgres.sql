@@ -1,0 +1,72 @@
+-- tracksolid.v_mileage_daily_cagg on plain PostgreSQL: a table with the columns of
+-- the TimescaleDB continuous aggregate, filled by tracksolid.refresh_mileage_daily,
+-- which the API's refresh loop calls for the recent days.
+--
+-- Rebuilt only when the fleet zone or this definition changes, as recorded in its
+-- comment.
+DO $$
+DECLARE
+    marker text := format('Distance per vehicle and local day, zone %s, definition 1.',
+                          tracksolid.fleet_timezone());
+BEGIN
+    IF obj_description(to_regclass('tracksolid.v_mileage_daily_cagg'), 'pg_class')
+       = marker THEN
+        RETURN;
+    END IF;
+    DROP TABLE IF EXISTS tracksolid.v_mileage_daily_cagg CASCADE;
+    CREATE TABLE tracksolid.v_mileage_daily_cagg (
+        imei text NOT NULL,
+        day_start timestamptz NOT NULL,
+        fixes bigint NOT NULL,
+        first_fix timestamptz NOT NULL,
+        last_fix timestamptz NOT NULL,
+        max_speed_kmh double precision,
+        odometer_readings bigint NOT NULL,
+        odometer_delta_m double precision,
+        gps_km double precision,
+        PRIMARY KEY (imei, day_start)
+    );
+    CREATE INDEX v_mileage_daily_cagg_day_start
+        ON tracksolid.v_mileage_daily_cagg (day_start);
+    EXECUTE format('COMMENT ON TABLE tracksolid.v_mileage_daily_cagg IS %L', marker);
+END $$;
+
+-- Recompute the local days that touch [from_time, to_time); NULL bounds reach the
+-- first and last fix. Returns the number of device-days written.
+CREATE OR REPLACE FUNCTION tracksolid.refresh_mileage_daily(
+    from_time timestamptz DEFAULT NULL, to_time timestamptz DEFAULT NULL
+) RETURNS bigint
+    LANGUAGE plpgsql AS $$
+DECLARE
+    zone text := tracksolid.fleet_timezone();
+    started timestamptz := clock_timestamp();
+    lo timestamptz;
+    hi timestamptz;
+    written bigint;
+BEGIN
+    lo := date_trunc('day', coalesce(from_time, '-infinity') AT TIME ZONE zone)
+          AT TIME ZONE zone;
+    hi := CASE WHEN to_time IS NULL THEN 'infinity'::timestamptz
+               ELSE (date_trunc('day', (to_time - interval '1 microsecond')
+                                       AT TIME ZONE zone) + interval '1 day')
+                    AT TIME ZONE zone END;
+    DELETE FROM tracksolid.v_mileage_daily_cagg WHERE day_start >= lo AND day_start < hi;
+    INSERT INTO tracksolid.v_mileage_daily_cagg
+    SELECT imei,
+           date_trunc('day', gps_time AT TIME ZONE zone) AT TIME ZONE zone,
+           count(*),
+           min(gps_time),
+           max(gps_time),
+           max(speed_kmh),
+           count(odometer_m),
+           max(odometer_m) - min(odometer_m),
+           tracksolid.path_km(CASE WHEN pos_type NOT IN ('LBS', 'WIFI') THEN
+               ROW(gps_time, lat, lng, speed_kmh)::tracksolid.path_point END)
+    FROM tracksolid.position_history
+    WHERE gps_time >= lo AND gps_time < hi
+    GROUP BY 1, 2;
+    GET DIAGNOSTICS written = ROW_COUNT;
+    INSERT INTO reporting.refresh_log (relation, started_at, finished_at, row_count)
+    VALUES ('tracksolid.v_mileage_daily_cagg', started, clock_timestamp(), written);
+    RETURN written;
+END $$;
