@@ -76,6 +76,14 @@ RAW_TOPICS: tuple[TopicSpec, ...] = (
 CLEAN_TOPICS: tuple[TopicSpec, ...] = (
     _clean("position", "Position", "validated fixes, one per (imei, gps_time)"),
     _clean("heartbeat", "Heartbeat", "signs of life without a new fix"),
+    _clean("alarm", "Alarm", "alarms, one per (imei, alarm_type, alarm_time)"),
+    _clean("event", "DeviceEvent", "device status events: LOGIN, LOGOUT"),
+    _clean("lbs", "LbsReading", "cell and Wi-Fi observations, never fixes"),
+    _clean("obd", "ObdReading", "OBD engine readings"),
+    _clean("fault", "FaultCode", "OBD diagnostic trouble codes"),
+    _clean("temperature", "TemperatureReading", "temperature and humidity"),
+    _clean("fuel", "FuelReading", "fuel sensor readings"),
+    _clean("parking", "ParkingEvent", "parking and idling periods from the platform"),
     _clean(
         "device",
         "Device",
