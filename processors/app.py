@@ -35,7 +35,7 @@ from processors.routing import Router
 
 logger = logging.getLogger(__name__)
 
-AGENT_MODULES = ("processors.derived", "processors.trips")
+AGENT_MODULES = ("processors.derived",)
 
 # faust builds its consumer with fetch_max_wait_ms=1500 whatever the settings
 # say. The embedded broker never wakes a waiting fetch when records arrive, so

@@ -20,10 +20,12 @@ from fleetstream.errors import RejectedRecord
 from fleetstream.settings import Settings
 from processors import fields as f
 from processors.plates import normalize_plate
+from processors.trips import PLATFORM, trip_id
 
 # No Tracksolid device reports before this; older times are unset device clocks.
 EARLIEST_PLAUSIBLE_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
 IMEI_LENGTH = 15
+METRES_PER = {"km": 1000.0, "m": 1.0}
 
 
 @dataclass(frozen=True)
@@ -32,12 +34,14 @@ class CleanContext:
 
     platform_zone: ZoneInfo
     future_tolerance_ms: int
+    trip_distance_to_m: float = 1000.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CleanContext:
         return cls(
             platform_zone=ZoneInfo(settings.platform_timezone),
             future_tolerance_ms=int(settings.future_fix_tolerance_seconds * 1000),
+            trip_distance_to_m=METRES_PER[settings.platform_trip_distance_unit],
         )
 
 
@@ -166,7 +170,9 @@ def clean_heartbeat(raw: Raw, ctx: CleanContext) -> dict:
     p = raw.payload
     return {
         "imei": device_imei(raw),
-        "hb_time": event_time(f.first(p, "gateTime", "hbTime"), "gateTime", raw, ctx),
+        "heartbeat_time": event_time(
+            f.first(p, "gateTime", "hbTime"), "gateTime", raw, ctx
+        ),
         "acc_on": f.acc(f.first(p, "acc", "accStatus")),
         "power_level": f.integer(p.get("powerLevel"), "powerLevel"),
         "gsm_signal": f.integer(p.get("gsmSign"), "gsmSign"),
@@ -176,7 +182,7 @@ def clean_heartbeat(raw: Raw, ctx: CleanContext) -> dict:
         "charging": f.flag(p.get("powerStatus"), "powerStatus"),
         "armed": f.flag(p.get("fortify"), "fortify"),
         "battery_pct": None,
-        "external_voltage": None,
+        "voltage_v": None,
         **_envelope(raw),
     }
 
@@ -190,7 +196,7 @@ def heartbeat_from_location(raw: Raw, ctx: CleanContext) -> dict:
     p = raw.payload
     return {
         "imei": device_imei(raw),
-        "hb_time": event_time(p.get("hbTime"), "hbTime", raw, ctx),
+        "heartbeat_time": event_time(p.get("hbTime"), "hbTime", raw, ctx),
         "acc_on": f.acc(p.get("accStatus")),
         "power_level": None,
         "gsm_signal": f.integer(p.get("gpsSignal"), "gpsSignal"),
@@ -200,7 +206,7 @@ def heartbeat_from_location(raw: Raw, ctx: CleanContext) -> dict:
         "charging": None,
         "armed": None,
         "battery_pct": f.number(p.get("electQuantity"), "electQuantity"),
-        "external_voltage": f.number(p.get("powerValue"), "powerValue"),
+        "voltage_v": f.number(p.get("powerValue"), "powerValue"),
         **_envelope(raw),
     }
 
@@ -239,3 +245,308 @@ def clean_device(raw: Raw, ctx: CleanContext) -> dict:
 def _registry_time(value: object, field: str, ctx: CleanContext) -> int | None:
     # Expiry dates lie years ahead by design, so no future check here.
     return f.epoch_ms(value, field, ctx.platform_zone)
+
+
+# Alarms -----------------------------------------------------------------------
+
+
+def clean_alarm(raw: Raw, ctx: CleanContext) -> dict:
+    """Return an ``Alarm`` from alarm.list, jimi.push.device.alarm or /pushalarm.
+
+    /pushalarm comes in two shapes: the IoT-Hub one nests the alarm in ``msg``
+    under a ``type`` of DEVICE (ICCID and VIN records are not alarms), the flat
+    one carries the alarm fields at the top level like the Open API push.
+    """
+    p = raw.payload
+    if "msg" in p:
+        return _iot_hub_alarm(raw, ctx)
+    lat, lng = optional_coordinates(p)
+    return {
+        "imei": device_imei(raw),
+        "alarm_type": _alarm_type(f.first(p, "alertTypeId", "alarmType", "alertType")),
+        "alarm_time": event_time(
+            f.first(p, "alertTime", "alarmTime"), "alarmTime", raw, ctx
+        ),
+        "alarm_name": f.text(f.first(p, "alarmTypeName", "alarmName", "alertTypeName")),
+        "lat": lat,
+        "lng": lng,
+        "speed_kmh": f.speed_kmh(f.first(p, "speed", "gpsSpeed"), "speed"),
+        "position_time": event_time(
+            p.get("positioningTime"), "positioningTime", raw, ctx, required=False
+        ),
+        "fence_id": f.text(p.get("geoid")),
+        "alert_value": f.text(p.get("alertValue")),
+        "device_model": f.text(p.get("model")),
+        **_envelope(raw),
+    }
+
+
+def _iot_hub_alarm(raw: Raw, ctx: CleanContext) -> dict:
+    p = raw.payload
+    kind = f.text(p.get("type"))
+    if kind is not None and kind.upper() != "DEVICE":
+        raise RejectedRecord(f"pushalarm record of type {kind!r:.20} is not an alarm")
+    msg = p["msg"]
+    if isinstance(msg, str):
+        msg = _json_object(msg, "msg")
+    if not isinstance(msg, dict):
+        raise RejectedRecord("pushalarm msg is not an object")
+    lat, lng = optional_coordinates(msg)
+    return {
+        "imei": device_imei(raw, {"imei": f.first(p, "imei") or msg.get("deviceImei")}),
+        "alarm_type": _alarm_type(f.first(msg, "alertType", "alarmType")),
+        "alarm_time": event_time(
+            f.first(msg, "alarmTime") or p.get("gateTime"), "alarmTime", raw, ctx
+        ),
+        "alarm_name": f.text(f.first(msg, "alarmName", "alertName")),
+        "lat": lat,
+        "lng": lng,
+        "speed_kmh": f.speed_kmh(f.first(msg, "gpsSpeed", "speed"), "gpsSpeed"),
+        "position_time": None,
+        "fence_id": None,
+        "alert_value": f.text(msg.get("alertValue")),
+        "device_model": None,
+        **_envelope(raw),
+    }
+
+
+def _alarm_type(value: object) -> str:
+    alarm_type = f.text(value)
+    if alarm_type is None:
+        raise RejectedRecord("alarm type is missing")
+    return alarm_type
+
+
+def _json_object(value: object, field: str) -> dict:
+    """Return a JSON object sent either as an object or as JSON text."""
+    if isinstance(value, dict):
+        return value
+    try:
+        parsed = json.loads(value)
+    except (TypeError, ValueError):
+        raise RejectedRecord(f"{field} is not JSON") from None
+    if not isinstance(parsed, dict):
+        raise RejectedRecord(f"{field} is not a JSON object")
+    return parsed
+
+
+def _detail(payload: dict) -> str:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+
+
+# Device events, LBS -------------------------------------------------------------
+
+
+def clean_event(raw: Raw, ctx: CleanContext) -> dict:
+    """Return a ``DeviceEvent`` from a /pushevent record (LOGIN, LOGOUT)."""
+    p = raw.payload
+    event_type = f.text(f.first(p, "type", "eventType"))
+    if event_type is None:
+        raise RejectedRecord("event type is missing")
+    return {
+        "imei": device_imei(raw),
+        "event_type": event_type.upper(),
+        "event_time": event_time(p.get("gateTime"), "gateTime", raw, ctx),
+        "device_timezone": f.text(p.get("timezone")),
+        "detail": _detail(p),
+        **_envelope(raw),
+    }
+
+
+def clean_lbs(raw: Raw, ctx: CleanContext) -> dict:
+    """Return an ``LbsReading`` from a /pushlbs record.
+
+    ``lbsJson`` holds ``mcc``, ``mnc`` and ``cellList`` as
+    ``"LAC,CI,RSSI;LAC,CI,RSSI"``, serving cell first.
+    """
+    p = raw.payload
+    lbs = (
+        _json_object(p.get("lbsJson"), "lbsJson") if f.present(p.get("lbsJson")) else {}
+    )
+    cells = _cells(lbs.get("cellList"))
+    serving = cells[0] if cells else {"lac": None, "cell_id": None, "signal": None}
+    return {
+        "imei": device_imei(raw),
+        "reading_time": event_time(p.get("gateTime"), "gateTime", raw, ctx),
+        "pos_type": f.pos_type(p.get("postType")),
+        "mcc": f.integer(lbs.get("mcc"), "mcc"),
+        "mnc": f.integer(lbs.get("mnc"), "mnc"),
+        **serving,
+        "cells": cells,
+        "detail": _detail(p),
+        **_envelope(raw),
+    }
+
+
+def _cells(value: object) -> list[dict]:
+    if not f.present(value):
+        return []
+    cells = []
+    for entry in str(value).split(";"):
+        if not entry.strip():
+            continue
+        parts = entry.split(",")
+        if len(parts) not in (2, 3):
+            raise RejectedRecord(f"cellList entry is not LAC,CI,RSSI: {entry!r:.40}")
+        lac = f.integer(parts[0], "cellList LAC")
+        cell_id = f.integer(parts[1], "cellList CI")
+        if lac is None or cell_id is None:
+            raise RejectedRecord(f"cellList entry lacks LAC or CI: {entry!r:.40}")
+        signal = f.integer(parts[2], "cellList RSSI") if len(parts) == 3 else None
+        cells.append({"lac": lac, "cell_id": cell_id, "signal": signal})
+    return cells
+
+
+# OBD, faults, sensors -----------------------------------------------------------
+
+OBD_FIELDS = {
+    "currentRPM": "rpm",
+    "currentSpeed": "speed_kmh",
+    "coolantTemperature": "coolant_c",
+    "remainingFuelPercentage": "fuel_level_pct",
+    "vehicleBatterVoltage": "battery_v",
+}
+OBD_NOT_EXTRA = frozenset(
+    {*OBD_FIELDS, "imei", "deviceImei", "dataReportTime", "gateTime", "vin"}
+)
+
+
+def clean_obd(raw: Raw, ctx: CleanContext) -> dict:
+    """Return an ``ObdReading`` from obd.list or /pushobd.
+
+    Readings whose unit the platform does not document (odometer, remaining
+    fuel, accumulated mileage) are kept unconverted in ``extra``.
+    """
+    p = raw.payload
+    values = {name: f.number(p.get(key), key) for key, name in OBD_FIELDS.items()}
+    rpm = values.pop("rpm")
+    extra = {k: v for k, v in p.items() if k not in OBD_NOT_EXTRA and f.present(v)}
+    return {
+        "imei": device_imei(raw),
+        "reading_time": event_time(
+            f.first(p, "dataReportTime", "gateTime"), "dataReportTime", raw, ctx
+        ),
+        "rpm": None if rpm is None else int(round(rpm)),
+        **values,
+        "vin": f.text(p.get("vin")),
+        "extra": _detail(extra) if extra else None,
+        **_envelope(raw),
+    }
+
+
+def clean_fault(raw: Raw, ctx: CleanContext) -> dict:
+    """Return a ``FaultCode`` from obd.fault or /pushfaultinfo."""
+    p = raw.payload
+    code = f.text(f.first(p, "faultCode", "code"))
+    if code is None:
+        raise RejectedRecord("faultCode is missing")
+    return {
+        "imei": device_imei(raw),
+        "fault_code": code,
+        "reported_at": event_time(
+            f.first(p, "eventTime", "gateTime"), "eventTime", raw, ctx
+        ),
+        "description": f.text(f.first(p, "faultDetail", "faultDesc")),
+        "detail": _detail(p),
+        **_envelope(raw),
+    }
+
+
+def clean_temperature(raw: Raw, ctx: CleanContext) -> dict:
+    """Return a ``TemperatureReading`` from a /pushtem record."""
+    p = raw.payload
+    return {
+        "imei": device_imei(raw),
+        "sensor": f.integer(p.get("sensor"), "sensor") or 0,
+        "reading_time": _reading_time(p, raw, ctx),
+        "temperature_c": f.number(p.get("temperature"), "temperature"),
+        "humidity_pct": f.number(p.get("humidity"), "humidity"),
+        "detail": _detail(p),
+        **_envelope(raw),
+    }
+
+
+def clean_fuel(raw: Raw, ctx: CleanContext) -> dict:
+    """Return a ``FuelReading`` from a /pushoil record, its values kept in detail."""
+    p = raw.payload
+    return {
+        "imei": device_imei(raw),
+        "reading_time": _reading_time(p, raw, ctx),
+        "fuel_level_pct": None,
+        "fuel_litres": None,
+        "detail": _detail(p),
+        **_envelope(raw),
+    }
+
+
+def _reading_time(p: dict, raw: Raw, ctx: CleanContext) -> int:
+    return event_time(f.first(p, "gpsTime", "gateTime"), "gateTime", raw, ctx)
+
+
+# Parking --------------------------------------------------------------------------
+
+
+def clean_parking(raw: Raw, ctx: CleanContext) -> dict:
+    """Return a ``ParkingEvent`` from a report.parking row (ISO-Z times)."""
+    p = raw.payload
+    acc_on = f.acc(p.get("acc"))
+    if acc_on is None:
+        raise RejectedRecord("acc is neither on nor off: parking or idling unknown")
+    lat, lng = optional_coordinates(p)
+    return {
+        "imei": device_imei(raw),
+        "kind": "idling" if acc_on else "parking",
+        "start_time": event_time(p.get("startTime"), "startTime", raw, ctx),
+        "end_time": event_time(p.get("endTime"), "endTime", raw, ctx, required=False),
+        "duration_s": f.integer(p.get("durSecond"), "durSecond"),
+        "stop_s": f.integer(p.get("stopSecond"), "stopSecond"),
+        "lat": lat,
+        "lng": lng,
+        "address": f.text(p.get("addr")),
+        **_envelope(raw),
+    }
+
+
+# Platform trips -------------------------------------------------------------------
+
+
+def clean_trip(raw: Raw, ctx: CleanContext) -> dict:
+    """Return a ``Trip`` (source platform) from a track.mileage or trip report row.
+
+    The platform's ``distance`` is converted with the configured unit; its
+    average speed is kept as reported.
+    """
+    p = raw.payload
+    imei = device_imei(raw)
+    start = event_time(p.get("startTime"), "startTime", raw, ctx)
+    end = event_time(p.get("endTime"), "endTime", raw, ctx)
+    if end < start:
+        raise RejectedRecord(f"endTime {f.iso(end)} is before startTime")
+    distance = f.number(f.first(p, "distance", "mileage"), "distance")
+    if distance is None or distance < 0:
+        raise RejectedRecord("distance is missing or negative")
+    start_lat, start_lng = optional_coordinates(p, "startLat", "startLng")
+    end_lat, end_lng = optional_coordinates(p, "endLat", "endLng")
+    run_time = f.integer(f.first(p, "runTimeSecond", "elapsed"), "runTimeSecond")
+    return {
+        "trip_id": trip_id(imei, start, PLATFORM),
+        "imei": imei,
+        "source": PLATFORM,
+        "start_time": start,
+        "end_time": end,
+        "start_lat": start_lat,
+        "start_lng": start_lng,
+        "end_lat": end_lat,
+        "end_lng": end_lng,
+        "distance_m": distance * ctx.trip_distance_to_m,
+        "distance_source": PLATFORM,
+        "gps_distance_m": None,
+        "duration_s": run_time if run_time is not None else (end - start) // 1000,
+        "max_speed_kmh": f.speed_kmh(p.get("maxSpeed"), "maxSpeed"),
+        "avg_speed_kmh": f.speed_kmh(p.get("avgSpeed"), "avgSpeed"),
+        "start_odometer_m": None,
+        "end_odometer_m": None,
+        "driver_name": None,
+        "vehicle_number": None,
+        "computed_at": raw.received_at,
+    }

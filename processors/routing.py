@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from fleetstream.codec import codec
 from fleetstream.errors import ContractError, RejectedRecord
 from fleetstream.settings import Settings
-from fleetstream.topics import CLEAN_TOPICS, DEADLETTER_TOPIC, RAW_TOPICS
+from fleetstream.topics import ALL_TOPICS, CLEAN, DEADLETTER_TOPIC, RAW_TOPICS
 from processors import clean
 from processors import fields as f
 from processors.clean import CleanContext, Raw
@@ -45,8 +45,20 @@ Cleaner = Callable[[Raw, CleanContext], dict]
 # Raw kind -> (clean kind, cleaner). Positions are handled apart (duplicates).
 CLEANERS: dict[str, tuple[str, Cleaner]] = {
     "heartbeat": ("heartbeat", clean.clean_heartbeat),
+    "alarm": ("alarm", clean.clean_alarm),
     "device": ("device", clean.clean_device),
+    "trip": ("trip", clean.clean_trip),
+    "parking": ("parking", clean.clean_parking),
+    "event": ("event", clean.clean_event),
+    "lbs": ("lbs", clean.clean_lbs),
+    "obd": ("obd", clean.clean_obd),
+    "fault": ("fault", clean.clean_fault),
+    "temperature": ("temperature", clean.clean_temperature),
+    "fuel": ("fuel", clean.clean_fuel),
 }
+
+# Raw kinds with no clean contract: kept on their raw topic, not read here.
+UNREAD_RAW_KINDS = frozenset({"other"})
 
 
 class Router:
@@ -62,11 +74,14 @@ class Router:
         self._dead_codec = codec(DEADLETTER_TOPIC.schema)
         self._dead_topic = DEADLETTER_TOPIC.name(settings)
         self._kind_by_raw_topic = {
-            spec.name(settings): spec.kind for spec in RAW_TOPICS
+            spec.name(settings): spec.kind
+            for spec in RAW_TOPICS
+            if spec.kind not in UNREAD_RAW_KINDS
         }
         self._clean = {
             spec.kind: (spec.name(settings), codec(spec.schema))
-            for spec in CLEAN_TOPICS
+            for spec in ALL_TOPICS
+            if spec.layer == CLEAN
         }
 
     @property

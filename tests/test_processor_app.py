@@ -110,7 +110,7 @@ async def test_positions_are_cleaned_deduplicated_and_dead_lettered(make_setting
 
     assert len(got["clean.heartbeat"]) == 1
     heartbeat = codec("Heartbeat").decode(got["clean.heartbeat"][0].value)
-    assert heartbeat["hb_time"].isoformat() == "2025-03-10T05:13:58+00:00"
+    assert heartbeat["heartbeat_time"].isoformat() == "2025-03-10T05:13:58+00:00"
 
     dead = [codec("DeadLetter").decode(r.value) for r in got["deadletter.all"]]
     assert len(dead) == 3
