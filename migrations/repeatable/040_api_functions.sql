@@ -27,7 +27,7 @@ COMMENT ON FUNCTION tracksolid.motion_status(timestamptz, double precision, bool
     IS 'offline (no fix for 60 min), moving (>= 3 km/h), idle (ignition on, '
        'standing) or parked (ignition off or unknown, standing).';
 
-DROP FUNCTION IF EXISTS reporting.fn_live_positions(text, text);
+DROP FUNCTION IF EXISTS reporting.fn_live_positions(text, text) CASCADE;
 CREATE FUNCTION reporting.fn_live_positions(
     cost_centre text DEFAULT NULL, acc_status text DEFAULT NULL
 ) RETURNS TABLE (
@@ -90,7 +90,7 @@ COMMENT ON FUNCTION reporting.fn_live_positions(text, text) IS
     'direction_deg, acc_on, acc_status (on/off/unknown), pos_type, status '
     '(moving/idle/parked/offline), minutes_since_fix. Ordered by plate.';
 
-DROP FUNCTION IF EXISTS reporting.fn_vehicle_track(text, integer);
+DROP FUNCTION IF EXISTS reporting.fn_vehicle_track(text, integer) CASCADE;
 CREATE FUNCTION reporting.fn_vehicle_track(
     vehicle_number text, hours integer DEFAULT 24
 ) RETURNS TABLE (
@@ -129,7 +129,7 @@ COMMENT ON FUNCTION reporting.fn_vehicle_track(text, integer) IS
     'direction_deg, acc_on, pos_type.';
 
 DROP FUNCTION IF EXISTS reporting.fn_trips_for_map(
-    text[], text, text, text, timestamp, timestamp);
+    text[], text, text, text, timestamp, timestamp) CASCADE;
 CREATE FUNCTION reporting.fn_trips_for_map(
     vehicles text[] DEFAULT NULL,
     driver text DEFAULT NULL,

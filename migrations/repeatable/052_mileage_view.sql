@@ -1,6 +1,7 @@
 -- Daily distance with the figure to report and where it comes from; the same on
 -- both flavours.
-CREATE OR REPLACE VIEW tracksolid.v_mileage_daily AS
+DROP VIEW IF EXISTS tracksolid.v_mileage_daily;
+CREATE VIEW tracksolid.v_mileage_daily AS
 SELECT m.imei,
        (m.day_start AT TIME ZONE tracksolid.fleet_timezone())::date AS local_date,
        m.day_start,
