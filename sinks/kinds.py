@@ -42,14 +42,18 @@ class SinkSpec:
     """One clean topic and the tables its records go to.
 
     ``columns`` are the table columns written, in order; each is read from the
-    record field of the same name unless ``fields`` names another. Columns left
-    out are never written, which is how operator-owned columns stay untouched.
+    record field of the same name unless ``fields`` names another field or gives
+    a function of the record (for a unit or vocabulary the table keeps apart).
+    Columns left out are never written, which is how operator-owned columns stay
+    untouched; record fields with no column are not stored.
     """
 
     kind: str
     columns: tuple[str, ...]
     targets: tuple[Target, ...]
-    fields: dict[str, str] = field(default_factory=dict)
+    fields: dict[str, str | Callable[[dict[str, Any]], Any]] = field(
+        default_factory=dict
+    )
 
     @property
     def schema(self) -> str:
@@ -63,11 +67,14 @@ class SinkSpec:
 
     def row_getter(self) -> Callable[[dict[str, Any]], tuple]:
         """Return a function that turns a decoded record into a row tuple."""
-        names = [self.fields.get(column, column) for column in self.columns]
-        if len(names) == 1:
-            only = names[0]
-            return lambda record: (record[only],)
-        return itemgetter(*names)
+        sources = [self.fields.get(column, column) for column in self.columns]
+        if all(isinstance(source, str) for source in sources) and len(sources) > 1:
+            return itemgetter(*sources)
+        getters = [
+            itemgetter(source) if isinstance(source, str) else source
+            for source in sources
+        ]
+        return lambda record: tuple(get(record) for get in getters)
 
 
 POSITION_COLUMNS = (
@@ -124,7 +131,158 @@ DEVICE = SinkSpec(
     targets=(Target("tracksolid.devices", ("imei",), Newest("updated_at")),),
 )
 
-SINKS: tuple[SinkSpec, ...] = (POSITION, DEVICE)
+# Facts of one device at one time, written once; provenance columns shared.
+PROVENANCE = ("source", "origin", "received_at")
+
+
+def _fact(kind: str, table: str, key: tuple[str, ...], *columns: str, **fields):
+    return SinkSpec(
+        kind=kind,
+        columns=(*key, *columns, *PROVENANCE),
+        targets=(Target(table, key),),
+        fields=fields,
+    )
+
+
+HEARTBEAT = _fact(
+    "heartbeat",
+    "tracksolid.heartbeats",
+    ("imei", "heartbeat_time"),
+    "acc_on",
+    "power_level",
+    "gsm_signal",
+    "voltage_v",
+)
+ALARM = _fact(
+    "alarm",
+    "tracksolid.alarms",
+    ("imei", "alarm_type", "alarm_time"),
+    "alarm_name",
+    "lat",
+    "lng",
+    "speed_kmh",
+)
+EVENT = _fact(
+    "event",
+    "tracksolid.device_events",
+    ("imei", "event_type", "event_time"),
+    "detail",
+)
+LBS = _fact(
+    "lbs",
+    "tracksolid.lbs_readings",
+    ("imei", "reading_time"),
+    "mcc",
+    "mnc",
+    "lac",
+    "cell_id",
+    "signal",
+)
+OBD = _fact(
+    "obd",
+    "tracksolid.obd_readings",
+    ("imei", "reading_time"),
+    "rpm",
+    "speed_kmh",
+    "coolant_c",
+    "fuel_level_pct",
+    "battery_v",
+    "extra",
+)
+FAULT = _fact(
+    "fault",
+    "tracksolid.fault_codes",
+    ("imei", "fault_code", "reported_at"),
+    "description",
+)
+TEMPERATURE = _fact(
+    "temperature",
+    "tracksolid.temperature_readings",
+    ("imei", "sensor", "reading_time"),
+    "temperature_c",
+    "humidity_pct",
+)
+FUEL = _fact(
+    "fuel",
+    "tracksolid.fuel_readings",
+    ("imei", "reading_time"),
+    "fuel_level_pct",
+    "fuel_litres",
+)
+
+# A platform report may be re-sent with the period's end filled in: the copy
+# received last replaces the earlier one.
+PARKING = SinkSpec(
+    kind="parking",
+    columns=(
+        "imei",
+        "kind",
+        "start_time",
+        "end_time",
+        "lat",
+        "lng",
+        "duration_s",
+        "address",
+        *PROVENANCE,
+    ),
+    targets=(
+        Target(
+            "tracksolid.parking_events",
+            ("imei", "kind", "start_time"),
+            Newest("received_at"),
+        ),
+    ),
+)
+
+# Trips are re-emitted under the same trip_id as late fixes arrive; the latest
+# computation wins. The table names fleetstream's own trips 'stream' where the
+# topic says 'derived', and keeps kilometres where the topic carries metres.
+TRIP_SOURCES = {"derived": "stream"}
+TRIP = SinkSpec(
+    kind="trip",
+    columns=(
+        "trip_id",
+        "imei",
+        "start_time",
+        "end_time",
+        "start_lat",
+        "start_lng",
+        "end_lat",
+        "end_lng",
+        "distance_km",
+        "duration_s",
+        "max_speed_kmh",
+        "avg_speed_kmh",
+        "driver_name",
+        "vehicle_number",
+        "source",
+        "distance_source",
+        "updated_at",
+    ),
+    fields={
+        "distance_km": lambda trip: trip["distance_m"] / 1000,
+        "source": lambda trip: TRIP_SOURCES.get(trip["source"], trip["source"]),
+        "updated_at": "computed_at",
+    },
+    targets=(Target("tracksolid.trips", ("trip_id",), Newest("updated_at")),),
+)
+
+# mileage_daily has no sink: the database derives daily distance from
+# position_history itself (tracksolid.v_mileage_daily).
+SINKS: tuple[SinkSpec, ...] = (
+    POSITION,
+    DEVICE,
+    HEARTBEAT,
+    ALARM,
+    EVENT,
+    LBS,
+    OBD,
+    FAULT,
+    TEMPERATURE,
+    FUEL,
+    PARKING,
+    TRIP,
+)
 
 
 def sink_spec(kind: str) -> SinkSpec:

@@ -204,12 +204,17 @@ class Sink:
             if record.value is None:
                 dead.append((record, "empty value"))
                 continue
+            # Bad bytes make the Avro reader, and odd values a column mapping,
+            # fail in many ways; whatever they raise, the record is unusable here.
             try:
-                row = self._row(self._codec.decode(record.value))
-            # Undecodable bytes make the Avro reader fail in many ways; whatever
-            # it raises, the record is unusable here and belongs to the operator.
+                decoded = self._codec.decode(record.value)
             except Exception as exc:  # noqa: BLE001
                 dead.append((record, f"undecodable: {type(exc).__name__}: {exc}"))
+                continue
+            try:
+                row = self._row(decoded)
+            except Exception as exc:  # noqa: BLE001
+                dead.append((record, f"unmappable: {type(exc).__name__}: {exc}"))
                 continue
             rows.append(row)
             sources.append(record)
