@@ -1,0 +1,144 @@
+"""Daily mileage per device per local day, kept current when fixes arrive late.
+
+Each day (in ``Settings.fleet_timezone``) holds the GPS path length of the day,
+the lowest and highest device odometer reading, the number of path fixes and
+the first and last fix time. A placed fix (``processors.distance.Placement``)
+updates the days of the segments it removed and added; a segment that crosses
+midnight is split between the two days in proportion to time. A day total is
+therefore correct whatever order its fixes arrived in, days later included.
+
+The day's figure prefers the device odometer (last minus first reading, when
+the day has two readings or more): it measures the wheels, while the GPS path
+cuts corners between fixes. The GPS figure is always kept alongside.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from processors.distance import Fix, Placement
+
+DAY_SECONDS = 86_400
+
+
+def local_day(t_ms: int, zone: ZoneInfo) -> str:
+    """Return the local calendar day of an epoch-ms instant as YYYY-MM-DD."""
+    return datetime.fromtimestamp(t_ms / 1000, zone).date().isoformat()
+
+
+def day_start_ms(day: str, zone: ZoneInfo) -> int:
+    """Return the epoch ms of local midnight starting ``day``."""
+    start = datetime.combine(date.fromisoformat(day), datetime.min.time(), zone)
+    return int(start.astimezone(UTC).timestamp() * 1000)
+
+
+def split_by_day(a_ms: int, b_ms: int, metres: float, zone: ZoneInfo):
+    """Yield ``(day, metres)`` shares of a segment, in proportion to time."""
+    first, last = local_day(a_ms, zone), local_day(b_ms, zone)
+    if first == last or b_ms <= a_ms:
+        yield last, metres
+        return
+    day = date.fromisoformat(first)
+    start = a_ms
+    while True:
+        name = day.isoformat()
+        if name == last:
+            yield name, metres * (b_ms - start) / (b_ms - a_ms)
+            return
+        end = day_start_ms((day + timedelta(days=1)).isoformat(), zone)
+        yield name, metres * (end - start) / (b_ms - a_ms)
+        start, day = end, day + timedelta(days=1)
+
+
+@dataclass(slots=True)
+class Day:
+    """Running figures of one device on one local day."""
+
+    gps_m: float = 0.0
+    fixes: int = 0
+    first_ms: int | None = None
+    last_ms: int | None = None
+    odometer_min: float | None = None
+    odometer_max: float | None = None
+    odometer_readings: int = 0
+
+    def see(self, fix: Fix) -> None:
+        self.first_ms = fix.t if self.first_ms is None else min(self.first_ms, fix.t)
+        self.last_ms = fix.t if self.last_ms is None else max(self.last_ms, fix.t)
+        if fix.counted:
+            self.fixes += 1
+        odo = fix.odometer_m
+        if odo is not None and odo > 0:
+            self.odometer_readings += 1
+            low, high = self.odometer_min, self.odometer_max
+            self.odometer_min = odo if low is None else min(low, odo)
+            self.odometer_max = odo if high is None else max(high, odo)
+
+    @property
+    def odometer_m(self) -> float | None:
+        if self.odometer_readings < 2:
+            return None
+        return self.odometer_max - self.odometer_min
+
+    def figure(self) -> tuple[float, str]:
+        """Return the day's distance and its source, odometer or gps."""
+        odo = self.odometer_m
+        return (odo, "odometer") if odo is not None else (self.gps_m, "gps")
+
+    def as_list(self) -> list:
+        return [
+            self.gps_m,
+            self.fixes,
+            self.first_ms,
+            self.last_ms,
+            self.odometer_min,
+            self.odometer_max,
+            self.odometer_readings,
+        ]
+
+
+class DayLedger:
+    """The days of one device, updated by placed fixes."""
+
+    def __init__(self, zone: ZoneInfo, days: dict[str, Day] | None = None) -> None:
+        self.zone = zone
+        self.days: dict[str, Day] = days if days is not None else {}
+
+    def record(self, fix: Fix, placement: Placement) -> set[str]:
+        """Account one new fix and its placement; return the days it changed."""
+        touched = {local_day(fix.t, self.zone)}
+        self._day(local_day(fix.t, self.zone)).see(fix)
+        if placement.removed is not None:
+            a, b, metres = placement.removed
+            touched |= self._add(a, b, -metres)
+        for a, b, metres in placement.added:
+            touched |= self._add(a, b, metres)
+        return touched
+
+    def _add(self, a: Fix, b: Fix, metres: float) -> set[str]:
+        touched = set()
+        for day, share in split_by_day(a.t, b.t, metres, self.zone):
+            self._day(day).gps_m += share
+            touched.add(day)
+        return touched
+
+    def _day(self, name: str) -> Day:
+        day = self.days.get(name)
+        if day is None:
+            day = self.days[name] = Day()
+        return day
+
+    def prune(self, cutoff_ms: int) -> None:
+        """Forget days that ended before ``cutoff_ms``; their totals were sent."""
+        oldest = local_day(cutoff_ms, self.zone)
+        for name in [d for d in self.days if d < oldest]:
+            del self.days[name]
+
+    def to_state(self) -> dict[str, list]:
+        return {name: day.as_list() for name, day in self.days.items()}
+
+    @classmethod
+    def from_state(cls, zone: ZoneInfo, state: dict[str, list]) -> DayLedger:
+        return cls(zone, {name: Day(*values) for name, values in state.items()})
