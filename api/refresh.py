@@ -1,4 +1,4 @@
-"""Keep the materialized reporting relations fresh from inside the API.
+"""Keep the derived reporting relations fresh from inside the API.
 
 Every API worker runs the loop. ``pg_try_advisory_lock`` lets one worker refresh
 while the others skip, and the start time of the last run recorded in
@@ -22,16 +22,21 @@ logger = logging.getLogger(__name__)
 
 REFRESH_LOCK_KEY = 920145
 TRIPS_VIEW = "reporting.v_trips"
-# Refreshed only where the migrations make it a materialized view: on TimescaleDB
-# it is a continuous aggregate that a policy keeps up to date.
-MILEAGE_VIEW = "reporting.v_mileage_daily"
+# Plain PostgreSQL only: the table standing in for the continuous aggregate. On
+# TimescaleDB a policy refreshes the aggregate and the function does not exist.
+MILEAGE_TABLE = "tracksolid.v_mileage_daily_cagg"
+MILEAGE_REFRESH = "tracksolid.refresh_mileage_daily(timestamptz,timestamptz)"
+# Local days touching the last day are recomputed, so fixes that arrive late
+# (buffered by a device out of coverage) still count. Days older than that, e.g.
+# after a backfill, need ``SELECT tracksolid.refresh_mileage_daily(from, to)``.
+MILEAGE_LOOKBACK_DAYS = 1
 # Creates the coming months' partitions on plain PostgreSQL; a no-op on TimescaleDB.
 PARTITION_MAINTENANCE = "tracksolid.ensure_partitions(interval)"
 
 
 @dataclass(frozen=True)
 class RefreshRun:
-    """One recorded refresh of a relation: outcome, rows after it, duration."""
+    """One refresh of a relation: outcome, rows written or held, duration."""
 
     relation: str
     ok: bool
@@ -41,9 +46,10 @@ class RefreshRun:
 
 
 async def refresh_once(pool: asyncpg.Pool, interval_seconds: float) -> list[RefreshRun]:
-    """Refresh and record every derived relation, unless another worker does.
+    """Refresh every derived relation, unless another worker does it.
 
-    Return the recorded runs, or an empty list when this worker skipped.
+    Return the runs, each recorded in ``reporting.refresh_log``, or an empty list
+    when this worker skipped.
     """
     async with pool.acquire() as conn:
         lock = "SELECT pg_try_advisory_lock($1)"
@@ -87,57 +93,53 @@ async def _ran_within(conn: asyncpg.Connection, seconds: float) -> bool:
 
 
 async def _refresh_all(conn: asyncpg.Connection) -> list[RefreshRun]:
-    runs = [await _refresh_and_record(conn, TRIPS_VIEW)]
-    mileage_kind = await conn.fetchval(
-        "SELECT relkind FROM pg_class WHERE oid = to_regclass($1)", MILEAGE_VIEW
-    )
-    if mileage_kind == "m":
-        runs.append(await _refresh_and_record(conn, MILEAGE_VIEW))
-    maintenance = "SELECT to_regprocedure($1) IS NOT NULL"
-    if await conn.fetchval(maintenance, PARTITION_MAINTENANCE):
+    runs = [await _run(conn, TRIPS_VIEW, "SELECT reporting.refresh_v_trips()")]
+    if await _exists(conn, MILEAGE_REFRESH):
+        runs.append(
+            await _run(
+                conn,
+                MILEAGE_TABLE,
+                "SELECT tracksolid.refresh_mileage_daily("
+                "now() - make_interval(days => $1), NULL)",
+                MILEAGE_LOOKBACK_DAYS,
+            )
+        )
+    if await _exists(conn, PARTITION_MAINTENANCE):
         created = await conn.fetchval("SELECT tracksolid.ensure_partitions()")
         if created:
             logger.info("created %d partitions ahead", created)
     return runs
 
 
-async def _refresh_and_record(conn: asyncpg.Connection, relation: str) -> RefreshRun:
+async def _exists(conn: asyncpg.Connection, signature: str) -> bool:
+    return await conn.fetchval("SELECT to_regprocedure($1) IS NOT NULL", signature)
+
+
+async def _run(
+    conn: asyncpg.Connection, relation: str, sql: str, *args: object
+) -> RefreshRun:
+    """Run one refresh function; it logs its success, a failure is logged here."""
     started = await conn.fetchval("SELECT clock_timestamp()")
     clock = time.monotonic()
     try:
-        await _refresh_view(conn, relation)
-        rows = await conn.fetchval(f"SELECT count(*) FROM {relation}")
-        run = RefreshRun(relation, True, rows, time.monotonic() - clock)
+        rows = await conn.fetchval(sql, *args)
     except asyncpg.PostgresError as exc:
         run = RefreshRun(relation, False, None, time.monotonic() - clock, str(exc))
-
-    await conn.execute(
-        "INSERT INTO reporting.refresh_log"
-        " (relation, started_at, finished_at, row_count, ok, error)"
-        " VALUES ($1, $2, clock_timestamp(), $3, $4, $5)",
-        relation,
-        started,
-        run.rows,
-        run.ok,
-        run.error,
-    )
-    if run.ok:
-        logger.info("refreshed %s: %d rows in %.3f s", relation, run.rows, run.seconds)
-    else:
+        await conn.execute(
+            "INSERT INTO reporting.refresh_log"
+            " (relation, started_at, finished_at, ok, error)"
+            " VALUES ($1, $2, clock_timestamp(), false, $3)",
+            relation,
+            started,
+            run.error,
+        )
         logger.warning(
             "refresh of %s failed after %.3f s, stale until the next run: %s",
             relation,
             run.seconds,
             run.error,
         )
+        return run
+    run = RefreshRun(relation, True, rows, time.monotonic() - clock)
+    logger.info("refreshed %s: %d rows in %.3f s", relation, rows, run.seconds)
     return run
-
-
-async def _refresh_view(conn: asyncpg.Connection, name: str) -> None:
-    # CONCURRENTLY keeps the view readable during the refresh but refuses a view
-    # that was never populated (created WITH NO DATA), which needs one plain run.
-    populated = await conn.fetchval(
-        "SELECT relispopulated FROM pg_class WHERE oid = to_regclass($1)", name
-    )
-    concurrently = "CONCURRENTLY " if populated else ""
-    await conn.execute(f"REFRESH MATERIALIZED VIEW {concurrently}{name}")

@@ -8,8 +8,10 @@ base table, so the database owns the reporting rules.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, Field, field_validator
@@ -24,11 +26,12 @@ MAX_TRACK_HOURS = 168
 MAX_RANGE_DAYS = 93
 DEFAULT_RANGE_DAYS = 7
 MAX_TRIPS = 5000
+# Filter lists of the fleet map: view and the order its rows are listed in.
 FILTER_VIEWS = {
-    "vehicles": "reporting.v_filter_vehicles",
-    "drivers": "reporting.v_filter_drivers",
-    "cost_centres": "reporting.v_filter_cost_centres",
-    "cities": "reporting.v_filter_cities",
+    "vehicles": ("reporting.v_filter_vehicles", "vehicle_number_norm NULLS LAST, imei"),
+    "drivers": ("reporting.v_filter_drivers", "driver_name"),
+    "cost_centres": ("reporting.v_filter_cost_centres", "cost_centre"),
+    "cities": ("reporting.v_filter_cities", "city"),
 }
 
 
@@ -42,10 +45,14 @@ class FleetQuery(BaseModel):
     cost_centre: str | None = Field(None, max_length=200)
     city: str | None = Field(None, max_length=200)
     start: datetime | None = Field(
-        None, description="ISO-8601; without an offset it is read as UTC"
+        None,
+        description="ISO-8601; without an offset it is wall-clock time of the "
+        "fleet's zone; default: end minus 7 days",
     )
     end: datetime | None = Field(
-        None, description="ISO-8601; without an offset it is read as UTC"
+        None,
+        description="ISO-8601; without an offset it is wall-clock time of the "
+        "fleet's zone; default: now",
     )
 
     @field_validator("driver", "cost_centre", "city", mode="before")
@@ -60,21 +67,16 @@ class FleetQuery(BaseModel):
             return [v for v in value if not (isinstance(v, str) and not v.strip())]
         return value
 
-    @field_validator("start", "end")
-    @classmethod
-    def _as_utc(cls, value: datetime | None) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
-
-    def window(self, now: datetime) -> tuple[datetime, datetime]:
-        """Return the (start, end) asked for, defaulting to the last seven days."""
-        end = self.end or now
-        start = self.start or end - timedelta(days=DEFAULT_RANGE_DAYS)
+    def window(self, now: datetime, fleet_zone: ZoneInfo) -> tuple[datetime, datetime]:
+        """Return the (start, end) instants asked for, by default the last 7 days."""
+        end = _instant(self.end, fleet_zone) or now
+        start = _instant(self.start, fleet_zone) or end - timedelta(
+            days=DEFAULT_RANGE_DAYS
+        )
         if end <= start:
-            raise HTTPException(422, f"end {utc_iso(end)} is not after {utc_iso(start)}")
+            raise HTTPException(
+                422, f"end {utc_iso(end)} is not after start {utc_iso(start)}"
+            )
         if end - start > timedelta(days=MAX_RANGE_DAYS):
             raise HTTPException(
                 422, f"the range spans more than {MAX_RANGE_DAYS} days; narrow it"
@@ -82,12 +84,24 @@ class FleetQuery(BaseModel):
         return start, end
 
 
-def live_entry(row: dict[str, Any]) -> dict[str, Any]:
-    """Return one vehicle of fn_live_positions in the maps' shape."""
+def _instant(moment: datetime | None, zone: ZoneInfo) -> datetime | None:
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=zone)
+
+
+def live_entry(row: Mapping[str, Any]) -> dict[str, Any]:
+    """Return one row of fn_live_positions or fn_vehicle_track for the maps.
+
+    The function's columns are kept; ``speed`` (km/h) and ``acc`` (on, off or
+    unknown) are the names the map pages read.
+    """
     entry = json_row(row)
-    acc_on = entry.pop("acc_on", None)
-    entry["acc"] = None if acc_on is None else ("on" if acc_on else "off")
-    entry["speed"] = entry.pop("speed_kmh", None)
+    entry["speed"] = entry.get("speed_kmh")
+    acc_on = entry.get("acc_on")
+    entry["acc"] = entry.get("acc_status") or (
+        "unknown" if acc_on is None else ("on" if acc_on else "off")
+    )
     return entry
 
 
@@ -98,8 +112,8 @@ async def live_positions(
         str | None, Query(max_length=200, description="only this cost centre")
     ] = None,
     acc_status: Annotated[
-        Literal["on", "off", "all"] | None,
-        Query(description="ignition: on, off or all"),
+        Literal["on", "off", "unknown", "all"] | None,
+        Query(description="ignition: on, off, unknown or all"),
     ] = None,
 ) -> list[dict[str, Any]]:
     """Return one entry per vehicle: plate, IMEI, position, speed, ignition, time."""
@@ -135,16 +149,18 @@ async def vehicle_track(
     async with request.app.state.pool.acquire() as conn:
         plate = await conn.fetchrow(
             "SELECT reporting.normalize_plate($1) AS norm, ("
-            " SELECT vehicle_number FROM tracksolid.devices"
+            " SELECT coalesce(vehicle_number, imei) FROM tracksolid.devices"
             " WHERE vehicle_number_norm = reporting.normalize_plate($1)"
-            " ORDER BY imei LIMIT 1) AS vehicle_number",
+            " OR imei = trim($1) ORDER BY imei LIMIT 1) AS vehicle_number",
             vehicle_number,
         )
         if plate["norm"] is None:
             raise HTTPException(422, "vehicle_number holds no letters or digits")
         if plate["vehicle_number"] is None:
             raise HTTPException(
-                404, f"no vehicle has plate {vehicle_number!r} (read as {plate['norm']})"
+                404,
+                f"no vehicle has plate or IMEI {vehicle_number!r}"
+                f" (compared as {plate['norm']})",
             )
         rows = await conn.fetch(
             "SELECT * FROM reporting.fn_vehicle_track($1, $2) ORDER BY gps_time",
@@ -161,10 +177,14 @@ async def vehicle_track(
 @router.post("/webhook/fleet-dashboard", summary="Trips and filter lists of the map")
 async def fleet_dashboard(request: Request, query: FleetQuery) -> dict[str, Any]:
     """Return the trips matching the filters, their totals and the filter lists."""
-    start, end = query.window(datetime.now(UTC))
     async with request.app.state.pool.acquire() as conn:
+        zone = ZoneInfo(await conn.fetchval("SELECT tracksolid.fleet_timezone()"))
+        start, end = query.window(datetime.now(UTC), zone)
+        # The function takes wall-clock times of the fleet's zone.
         rows = await conn.fetch(
-            "SELECT * FROM reporting.fn_trips_for_map($1, $2, $3, $4, $5, $6)"
+            "SELECT * FROM reporting.fn_trips_for_map($1, $2, $3, $4,"
+            " $5::timestamptz AT TIME ZONE tracksolid.fleet_timezone(),"
+            " $6::timestamptz AT TIME ZONE tracksolid.fleet_timezone())"
             " ORDER BY start_time, trip_id LIMIT $7",
             query.vehicles or None,
             query.driver,
@@ -174,9 +194,11 @@ async def fleet_dashboard(request: Request, query: FleetQuery) -> dict[str, Any]
             end,
             MAX_TRIPS + 1,
         )
-        filters = {
-            name: await _filter_values(conn, view) for name, view in FILTER_VIEWS.items()
-        }
+        filters = {}
+        for name, (view, order) in FILTER_VIEWS.items():
+            filters[name] = json_rows(
+                await conn.fetch(f"SELECT * FROM {view} ORDER BY {order}")
+            )
     trips = json_rows(rows[:MAX_TRIPS])
     return {
         "start": utc_iso(start),
@@ -186,11 +208,6 @@ async def fleet_dashboard(request: Request, query: FleetQuery) -> dict[str, Any]
         "summary": _summary(trips),
         "filters": filters,
     }
-
-
-async def _filter_values(conn, view: str) -> list[str]:
-    rows = await conn.fetch(f"SELECT * FROM {view}")
-    return [row[0] for row in rows if row[0] is not None]
 
 
 def _summary(trips: list[dict[str, Any]]) -> dict[str, Any]:

@@ -66,12 +66,14 @@ const Fleet = (() => {
     return iso ? new Date(iso).toLocaleString() : "-";
   }
 
-  function fillSelect(select, values, emptyLabel) {
+  // Options are values or [value, label] pairs; the chosen ones stay chosen.
+  function fillSelect(select, options, emptyLabel) {
     const chosen = new Set(Array.from(select.selectedOptions, (o) => o.value));
     select.replaceChildren();
     if (emptyLabel !== null) select.append(element("option", { value: "" }, emptyLabel));
-    for (const value of values) {
-      const option = element("option", { value }, value);
+    for (const item of options) {
+      const [value, label] = Array.isArray(item) ? item : [item, item];
+      const option = element("option", { value }, label);
       option.selected = chosen.has(value);
       select.append(option);
     }

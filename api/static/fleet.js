@@ -104,12 +104,18 @@
     );
   }
 
+  // A vehicle is asked for by plate, or by IMEI when it has none.
   function showFilters(filters) {
-    Fleet.fillSelect(inputs.vehicles, filters.vehicles, null);
-    inputs.vehicles.size = Math.min(4, Math.max(1, filters.vehicles.length));
-    Fleet.fillSelect(inputs.driver, filters.drivers, "all");
-    Fleet.fillSelect(inputs.costCentre, filters.cost_centres, "all");
-    Fleet.fillSelect(inputs.city, filters.cities, "all");
+    const vehicles = filters.vehicles.map((v) => {
+      const key = v.vehicle_number || v.imei;
+      return [key, v.driver_name ? `${key} (${v.driver_name})` : key];
+    });
+    Fleet.fillSelect(inputs.vehicles, vehicles, null);
+    inputs.vehicles.size = Math.min(4, Math.max(1, vehicles.length));
+    Fleet.fillSelect(inputs.driver, filters.drivers.map((d) => d.driver_name), "all");
+    Fleet.fillSelect(
+      inputs.costCentre, filters.cost_centres.map((c) => c.cost_centre), "all");
+    Fleet.fillSelect(inputs.city, filters.cities.map((c) => c.city), "all");
   }
 
   async function load() {

@@ -1,0 +1,363 @@
+"""The API's endpoints against a real migrated database with a small seeded fleet."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import httpx
+import pytest
+
+from api.app import create_app
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+LIVE_KEYS = ("vehicle_number", "imei", "lat", "lng", "speed", "acc", "gps_time")
+
+DEVICES = [
+    # imei, plate, driver, cost centre, city, enabled
+    ("860000000000001", "KZA-123A", "Jane Wanjiru", "Dairy", "Nairobi", True),
+    ("860000000000002", "KBX 456B", "Otieno Ouma", "Bakery", "Mombasa", True),
+    ("860000000000003", "KCC.789C", None, "Dairy", "Nairobi", True),
+    ("860000000000004", "KDD 000D", "Retired Driver", "Dairy", "Nairobi", False),
+]
+LIVE = [
+    # imei, minutes ago, lat, lng, speed, acc
+    ("860000000000001", 1, -1.2921, 36.8219, 42.5, True),
+    ("860000000000002", 2, -4.0435, 39.6682, 0.0, False),
+    ("860000000000003", 90, -1.3, 36.8, 0.0, None),
+    ("860000000000004", 5, -1.31, 36.81, 0.0, False),
+]
+HISTORY = [
+    # imei, minutes ago, lat, lng, pos_type
+    ("860000000000001", 150, -1.2000, 36.7000, "GPS"),
+    ("860000000000001", 50, -1.2500, 36.7500, "GPS"),
+    ("860000000000001", 30, -1.2700, 36.7800, "GPS"),
+    ("860000000000001", 20, -1.9000, 36.9000, "LBS"),
+    ("860000000000001", 10, -1.2900, 36.8200, "GPS"),
+    ("860000000000002", 20, -4.0400, 39.6600, "GPS"),
+]
+TRIPS = [
+    # trip_id, imei, start (UTC), minutes, km
+    ("t1", "860000000000001", "2026-11-10 06:00", 45, 12.5),
+    ("t2", "860000000000002", "2026-11-10 09:00", 60, 30.0),
+    ("t3", "860000000000003", "2026-11-11 07:00", 20, 5.25),
+    ("t4", "860000000000001", "2026-11-12 15:00", 30, 8.0),
+]
+ALL_NOV = {"start": "2026-11-10T00:00:00Z", "end": "2026-11-13T00:00:00Z"}
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def parse(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def ago(minutes: int) -> datetime:
+    return NOW - timedelta(minutes=minutes)
+
+
+def trip_row(trip_id: str, imei: str, start: str, minutes: int, km: float) -> tuple:
+    begin = datetime.fromisoformat(start).replace(tzinfo=UTC)
+    end = begin + timedelta(minutes=minutes)
+    return trip_id, imei, begin, end, km, minutes * 60
+
+
+async def seed(url: str) -> None:
+    """Write the fleet through the columns of docs/architecture.md."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.executemany(
+            "INSERT INTO tracksolid.devices (imei, vehicle_number, driver_name,"
+            " cost_centre, city, enabled) VALUES ($1, $2, $3, $4, $5, $6)",
+            DEVICES,
+        )
+        await conn.executemany(
+            "INSERT INTO tracksolid.live_positions (imei, gps_time, lat, lng,"
+            " speed_kmh, acc_on, pos_type, source, origin, received_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, 'GPS', 'poll', 'test', now())",
+            [(i, ago(m), lat, lng, speed, acc) for i, m, lat, lng, speed, acc in LIVE],
+        )
+        await conn.executemany(
+            "INSERT INTO tracksolid.position_history (imei, gps_time, lat, lng,"
+            " speed_kmh, pos_type, source, origin, received_at)"
+            " VALUES ($1, $2, $3, $4, 30, $5, 'poll', 'test', now())",
+            [(i, ago(m), lat, lng, kind) for i, m, lat, lng, kind in HISTORY],
+        )
+        await conn.executemany(
+            "INSERT INTO tracksolid.trips (trip_id, imei, start_time, end_time,"
+            " start_lat, start_lng, end_lat, end_lng, distance_km, duration_s, source)"
+            " VALUES ($1, $2, $3, $4, -1.29, 36.82, -1.25, 36.9, $5, $6, 'stream')",
+            [trip_row(*trip) for trip in TRIPS],
+        )
+        await conn.execute("SELECT reporting.refresh_v_trips()")
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def client(settings):
+    await seed(settings.database_url)
+    app = create_app(settings, refresh_views=False)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://127.0.0.1"
+        ) as http:
+            yield http
+
+
+def live_view(body: list[dict]) -> list[tuple]:
+    return [tuple(entry[key] for key in LIVE_KEYS) for entry in body]
+
+
+async def test_live_positions_one_entry_per_enabled_vehicle(client):
+    response = await client.get("/webhook/live-positions")
+
+    assert response.status_code == 200
+    # Ordered by normalised plate; the disabled device is left out.
+    assert live_view(response.json()) == [
+        ("KBX 456B", "860000000000002", -4.0435, 39.6682, 0.0, "off",
+         iso(NOW - timedelta(minutes=2))),
+        ("KCC.789C", "860000000000003", -1.3, 36.8, 0.0, "unknown",
+         iso(NOW - timedelta(minutes=90))),
+        ("KZA-123A", "860000000000001", -1.2921, 36.8219, 42.5, "on",
+         iso(NOW - timedelta(minutes=1))),
+    ]  # fmt: skip
+    first = response.json()[0]
+    assert first["driver_name"] == "Otieno Ouma"
+    assert first["cost_centre"] == "Bakery"
+
+
+@pytest.mark.parametrize(
+    ("params", "imeis"),
+    [
+        ({"cost_centre": "Dairy"}, ["860000000000003", "860000000000001"]),
+        ({"cost_centre": "dairy", "acc_status": "on"}, ["860000000000001"]),
+        ({"acc_status": "off"}, ["860000000000002"]),
+        ({"acc_status": "unknown"}, ["860000000000003"]),
+        ({"acc_status": "all", "cost_centre": ""}, [
+            "860000000000002", "860000000000003", "860000000000001"]),
+        ({"cost_centre": "Nowhere"}, []),
+    ],
+)  # fmt: skip
+async def test_live_positions_filters(client, params, imeis):
+    response = await client.get("/webhook/live-positions", params=params)
+
+    assert response.status_code == 200
+    assert [entry["imei"] for entry in response.json()] == imeis
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"acc_status": "maybe"}, {"cost_centre": "x" * 201}],
+)
+async def test_live_positions_rejects_bad_filters(client, params):
+    response = await client.get("/webhook/live-positions", params=params)
+
+    assert response.status_code == 422
+    assert list(params) == [error["loc"][-1] for error in response.json()["detail"]]
+
+
+@pytest.mark.parametrize(
+    "plate", ["KZA-123A", "kza 123a", "K.Z.A 123-a", "860000000000001"]
+)
+async def test_track_matches_plate_in_any_spelling(client, plate):
+    response = await client.get(
+        "/webhook/live-positions/track", params={"vehicle_number": plate, "hours": 1}
+    )
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["vehicle_number"] == "KZA-123A"
+    assert body["hours"] == 1
+    # The last hour, oldest first, without the cell-tower fix.
+    assert [(p["gps_time"], p["lat"], p["lng"]) for p in body["points"]] == [
+        (iso(NOW - timedelta(minutes=50)), -1.25, 36.75),
+        (iso(NOW - timedelta(minutes=30)), -1.27, 36.78),
+        (iso(NOW - timedelta(minutes=10)), -1.29, 36.82),
+    ]
+
+
+async def test_track_hours_widen_the_window(client):
+    response = await client.get(
+        "/webhook/live-positions/track",
+        params={"vehicle_number": "KZA-123A", "hours": 3},
+    )
+
+    times = [parse(p["gps_time"]) for p in response.json()["points"]]
+    assert times == sorted(times)
+    assert times[0] == NOW - timedelta(minutes=150)
+    assert len(times) == 4
+
+
+async def test_track_of_a_vehicle_that_did_not_move_is_empty(client):
+    response = await client.get(
+        "/webhook/live-positions/track", params={"vehicle_number": "KCC 789C"}
+    )
+
+    assert response.status_code == 200
+    assert response.json()["points"] == []
+
+
+async def test_track_of_an_unknown_plate_is_404_with_the_reason(client):
+    response = await client.get(
+        "/webhook/live-positions/track", params={"vehicle_number": "zz 999z"}
+    )
+
+    assert response.status_code == 404
+    assert "ZZ999Z" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"vehicle_number": "KZA-123A", "hours": 0}, "hours"),
+        ({"vehicle_number": "KZA-123A", "hours": 169}, "hours"),
+        ({"vehicle_number": "KZA-123A", "hours": "one"}, "hours"),
+        ({"hours": 1}, "vehicle_number"),
+        ({"vehicle_number": "x" * 33}, "vehicle_number"),
+    ],
+)
+async def test_track_rejects_bad_parameters(client, params, field):
+    response = await client.get("/webhook/live-positions/track", params=params)
+
+    assert response.status_code == 422
+    assert [error["loc"][-1] for error in response.json()["detail"]] == [field]
+
+
+async def test_track_rejects_a_plate_without_characters(client):
+    response = await client.get(
+        "/webhook/live-positions/track", params={"vehicle_number": " - . "}
+    )
+
+    assert response.status_code == 422
+    assert "no letters or digits" in response.json()["detail"]
+
+
+def trip_ids(response: httpx.Response) -> list[str]:
+    assert response.status_code == 200, response.text
+    return [trip["trip_id"] for trip in response.json()["trips"]]
+
+
+async def test_fleet_dashboard_trips_summary_and_filters(client):
+    response = await client.post("/webhook/fleet-dashboard", json=ALL_NOV)
+
+    assert trip_ids(response) == ["t1", "t2", "t3", "t4"]
+    body = response.json()
+    assert body["start"] == "2026-11-10T00:00:00Z"
+    assert body["end"] == "2026-11-13T00:00:00Z"
+    assert body["truncated"] is False
+    assert body["summary"] == {
+        "trips": 4,
+        "vehicles": 3,
+        "distance_km": 55.75,
+        "driving_seconds": 9300,
+    }
+    filters = body["filters"]
+    # Enabled devices only, by normalised plate.
+    assert [(v["vehicle_number"], v["trips"]) for v in filters["vehicles"]] == [
+        ("KBX 456B", 1),
+        ("KCC.789C", 1),
+        ("KZA-123A", 2),
+    ]
+    assert [d["driver_name"] for d in filters["drivers"]] == [
+        "Jane Wanjiru",
+        "Otieno Ouma",
+    ]
+    assert [(c["cost_centre"], c["vehicles"]) for c in filters["cost_centres"]] == [
+        ("Bakery", 1),
+        ("Dairy", 2),
+    ]
+    assert [c["city"] for c in filters["cities"]] == ["Mombasa", "Nairobi"]
+    first = body["trips"][0]
+    assert first["vehicle_number"] == "KZA-123A"
+    assert first["driver_name"] == "Jane Wanjiru"
+    assert first["start_time"] == "2026-11-10T06:00:00Z"
+    assert (first["start_lat"], first["end_lng"]) == (-1.29, 36.9)
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        ({"vehicles": ["kza 123a"]}, ["t1", "t4"]),
+        ({"vehicles": ["KZA123A", "KBX-456B"]}, ["t1", "t2", "t4"]),
+        ({"vehicles": [""], "driver": ""}, ["t1", "t2", "t3", "t4"]),
+        ({"driver": "jane wanjiru"}, ["t1", "t4"]),
+        ({"cost_centre": "Dairy"}, ["t1", "t3", "t4"]),
+        ({"city": "Mombasa"}, ["t2"]),
+        ({"cost_centre": "Dairy", "city": "Mombasa"}, []),
+    ],
+)
+async def test_fleet_dashboard_filters(client, filters, expected):
+    response = await client.post("/webhook/fleet-dashboard", json=ALL_NOV | filters)
+
+    assert trip_ids(response) == expected
+
+
+async def test_fleet_dashboard_reads_zone_less_times_as_fleet_wall_clock(client):
+    # Nairobi is UTC+3: its 11 November is 10 Nov 21:00 to 11 Nov 21:00 UTC.
+    response = await client.post(
+        "/webhook/fleet-dashboard",
+        json={"start": "2026-11-11T00:00:00", "end": "2026-11-12T00:00:00"},
+    )
+
+    assert trip_ids(response) == ["t3"]
+    assert response.json()["start"] == "2026-11-10T21:00:00Z"
+
+
+async def test_fleet_dashboard_defaults_to_the_last_seven_days(client, settings):
+    conn = await asyncpg.connect(settings.database_url)
+    await conn.execute(
+        "INSERT INTO tracksolid.trips (trip_id, imei, start_time, end_time,"
+        " distance_km, source) VALUES ('recent', '860000000000002',"
+        " now() - interval '2 days', now() - interval '47 hours', 3, 'stream')"
+    )
+    await conn.execute("SELECT reporting.refresh_v_trips()")
+    await conn.close()
+
+    response = await client.post("/webhook/fleet-dashboard", json={})
+
+    assert trip_ids(response) == ["recent"]
+    body = response.json()
+    assert parse(body["end"]) - parse(body["start"]) == timedelta(days=7)
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ({"start": "2026-11-12T00:00:00Z", "end": "2026-11-10T00:00:00Z"}, "not after"),
+        ({"start": "2026-01-01T00:00:00Z", "end": "2026-11-10T00:00:00Z"}, "93 days"),
+        ({"start": "yesterday"}, "start"),
+        ({"vehicles": "KZA-123A"}, "vehicles"),
+    ],
+)
+async def test_fleet_dashboard_rejects_bad_bodies(client, body, reason):
+    response = await client.post("/webhook/fleet-dashboard", json=body)
+
+    assert response.status_code == 422
+    assert reason in str(response.json()["detail"])
+
+
+async def test_health_readiness_and_local_docs(client):
+    health = await client.get("/healthz")
+    ready = await client.get("/readyz")
+    docs = await client.get("/docs")
+
+    assert (health.status_code, health.json()) == (200, {"status": "ok"})
+    assert ready.status_code == 200
+    assert ready.json()["ready"] is True
+    assert ready.json()["missing"] == []
+    assert ready.json()["live_vehicles"] == 4
+    assert docs.status_code == 200
+    # Swagger UI is served from this API, never from a CDN.
+    assert "/static/vendor/swagger-ui/swagger-ui-bundle.js" in docs.text
+    assert "cdn" not in docs.text.lower()
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        vendored = await client.get(f"/static/vendor/swagger-ui/{asset}")
+        assert vendored.status_code == 200
+        assert len(vendored.content) > 100_000
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    assert {"/webhook/live-positions", "/webhook/live-positions/track"} <= set(paths)
+    assert "post" in paths["/webhook/fleet-dashboard"]
