@@ -34,8 +34,6 @@ from fleetstream.errors import FleetstreamError
 logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent
-VERSIONED_DIR = ROOT / "versioned"
-REPEATABLE_DIR = ROOT / "repeatable"
 # Any constant works as long as no other component takes the same advisory key.
 LOCK_KEY = 0x46_53_4D_49_47  # "FSMIG"
 LEDGER = "fleetstream_migrations.applied"
@@ -70,12 +68,12 @@ class Script:
         return f"{self.kind} {self.path.name}"
 
 
-def discover(kind: str, flavour: str) -> list[Script]:
+def discover(kind: str, flavour: str, root: Path = ROOT) -> list[Script]:
     """Return the scripts of one kind that apply to ``flavour``, in run order."""
     folder, pattern = (
-        (VERSIONED_DIR, VERSIONED_NAME)
+        (root / "versioned", VERSIONED_NAME)
         if kind == "versioned"
-        else (REPEATABLE_DIR, REPEATABLE_NAME)
+        else (root / "repeatable", REPEATABLE_NAME)
     )
     scripts: dict[str, Script] = {}
     for path in sorted(folder.glob("*.sql")):
@@ -228,7 +226,7 @@ async def _post_steps(conn: asyncpg.Connection, flavour: str) -> list[str]:
 
 
 async def _migrate_locked(
-    conn: asyncpg.Connection, dry_run: bool, settings: dict[str, str]
+    conn: asyncpg.Connection, dry_run: bool, settings: dict[str, str], root: Path
 ) -> list[str]:
     ledger = await _ledger(conn)
     flavour, create_extension = await _flavour(conn, ledger)
@@ -240,7 +238,7 @@ async def _migrate_locked(
             plan.append("create extension timescaledb")
         else:
             flavour = "postgres"
-    versioned = discover("versioned", flavour)
+    versioned = discover("versioned", flavour, root)
     _verify(versioned, ledger)
     if not dry_run:
         await _create_ledger(conn)
@@ -258,7 +256,7 @@ async def _migrate_locked(
     # Once one repeatable file runs, every later one runs too: it may have dropped
     # and recreated an object that later views are built on.
     rerun = False
-    for script in discover("repeatable", flavour):
+    for script in discover("repeatable", flavour, root):
         row = ledger.get(("repeatable", script.name))
         checksum = script.checksum(salt)
         if not rerun and row is not None and row["checksum"] == checksum:
@@ -290,12 +288,17 @@ async def _close(conn: asyncpg.Connection) -> None:
 
 
 async def migrate(
-    url: str, *, dry_run: bool = False, fleet_timezone: str | None = None
+    url: str,
+    *,
+    dry_run: bool = False,
+    fleet_timezone: str | None = None,
+    root: Path = ROOT,
 ) -> list[str]:
     """Bring the database at ``url`` up to date; return the steps taken or planned.
 
     ``fleet_timezone`` is stored in ``tracksolid.settings`` (the local day of
     daily reports); omitted, the stored value (default Africa/Nairobi) stays.
+    ``root`` holds the ``versioned`` and ``repeatable`` folders.
     """
     settings = {"fleet_timezone": fleet_timezone} if fleet_timezone else {}
     server_settings = {"timezone": "UTC", "application_name": "fleetstream-migrate"}
@@ -307,7 +310,7 @@ async def migrate(
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
         try:
-            return await _migrate_locked(conn, dry_run, settings)
+            return await _migrate_locked(conn, dry_run, settings, root)
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
     finally:

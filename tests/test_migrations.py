@@ -1,0 +1,238 @@
+"""The migrations runner on real PostgreSQL: fresh, re-run, refused, concurrent."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+
+from migrations.runner import ROOT, MigrationError, migrate
+
+POSITION_COLUMNS = (
+    "imei, gps_time, lat, lng, speed_kmh, direction_deg, acc_on, pos_type, "
+    "satellites, altitude_m, reupload, odometer_m, source, origin, received_at"
+).split(", ")
+DEVICE_COLUMNS = (
+    "imei, device_name, vehicle_number, vehicle_number_norm, vehicle_name, "
+    "vehicle_model, vehicle_icon, device_model, sim, vin, driver_name, "
+    "driver_phone, device_group, enabled, expires_at, activated_at, account, "
+    "cost_centre, city, updated_at"
+).split(", ")
+VERSIONED = sorted(p.name for p in (ROOT / "versioned").glob("*.sql"))
+
+
+async def columns(conn, table: str) -> list[str]:
+    rows = await conn.fetch(
+        "SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass "
+        "AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+        table,
+    )
+    return [row["attname"] for row in rows]
+
+
+@pytest.fixture
+def migrations_copy(tmp_path):
+    """A private copy of the migration folders that a test may edit."""
+    shutil.copytree(ROOT / "versioned", tmp_path / "versioned")
+    shutil.copytree(ROOT / "repeatable", tmp_path / "repeatable")
+    return tmp_path
+
+
+async def test_fresh_database_gets_every_file_once_and_rerun_is_a_no_op(
+    empty_database_url,
+):
+    first = await migrate(empty_database_url)
+    second = await migrate(empty_database_url)
+
+    applied = [step.split(" ", 1)[1] for step in first if step.startswith("versioned")]
+    expected = [name for name in VERSIONED if ".timescaledb." not in name]
+    assert applied == expected
+    assert any(step.startswith("repeatable 070_analytics_views") for step in first)
+    assert second == ["ensure_partitions 3 months: 0 created"]
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        assert await columns(conn, "tracksolid.position_history") == POSITION_COLUMNS
+        assert await columns(conn, "tracksolid.live_positions") == POSITION_COLUMNS
+        assert await columns(conn, "tracksolid.devices") == DEVICE_COLUMNS
+        ledger = await conn.fetch(
+            "SELECT name, variant, length(checksum) AS n "
+            "FROM fleetstream_migrations.applied WHERE kind = 'versioned'"
+        )
+        assert {row["variant"] for row in ledger} <= {None, "postgres"}
+        assert {row["n"] for row in ledger} == {64}
+    finally:
+        await conn.close()
+
+
+async def test_dry_run_plans_the_same_steps_and_changes_nothing(empty_database_url):
+    plan = await migrate(empty_database_url, dry_run=True)
+
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        schemas = await conn.fetchval(
+            "SELECT count(*) FROM pg_namespace WHERE nspname IN "
+            "('tracksolid', 'reporting', 'fleetstream_migrations')"
+        )
+    finally:
+        await conn.close()
+    assert schemas == 0
+    done = await migrate(empty_database_url)
+    assert plan[:-1] == done[:-1]
+    assert await migrate(empty_database_url, dry_run=True) == [
+        "ensure_partitions 3 months"
+    ]
+
+
+async def test_edited_applied_file_is_refused(empty_database_url, migrations_copy):
+    await migrate(empty_database_url, root=migrations_copy)
+    edited = migrations_copy / "versioned" / "0002_registry.sql"
+    edited.write_text(edited.read_text() + "\n-- an afterthought\n")
+
+    with pytest.raises(MigrationError, match="0002_registry.sql was applied") as err:
+        await migrate(empty_database_url, root=migrations_copy)
+    assert "new numbered file" in str(err.value)
+    with pytest.raises(MigrationError):
+        await migrate(empty_database_url, root=migrations_copy, dry_run=True)
+
+
+async def test_new_versioned_file_runs_alone(empty_database_url, migrations_copy):
+    await migrate(empty_database_url, root=migrations_copy)
+    (migrations_copy / "versioned" / "9000_extra.sql").write_text(
+        "CREATE TABLE tracksolid.extra (id int PRIMARY KEY);"
+    )
+
+    steps = await migrate(empty_database_url, root=migrations_copy)
+
+    assert steps[0] == "versioned 9000_extra.sql"
+    assert not any(step.startswith("repeatable") for step in steps)
+
+
+async def test_changed_repeatable_file_reruns_with_those_after_it(
+    empty_database_url, migrations_copy
+):
+    await migrate(empty_database_url, root=migrations_copy)
+    changed = migrations_copy / "repeatable" / "060_reporting_views.sql"
+    changed.write_text(changed.read_text() + "\n-- reworded\n")
+
+    steps = await migrate(empty_database_url, root=migrations_copy)
+
+    repeatable = [s.split(" ", 1)[1] for s in steps if s.startswith("repeatable")]
+    assert repeatable == ["060_reporting_views.sql", "070_analytics_views.sql"]
+    assert await migrate(empty_database_url, root=migrations_copy) == [
+        "ensure_partitions 3 months: 0 created"
+    ]
+
+
+async def test_changed_fleet_zone_rebuilds_the_daily_mileage(empty_database_url):
+    await migrate(empty_database_url)
+
+    steps = await migrate(empty_database_url, fleet_timezone="Asia/Kolkata")
+
+    assert "repeatable 051_mileage_daily.postgres.sql" in steps
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        zone = await conn.fetchval("SELECT tracksolid.fleet_timezone()")
+        comment = await conn.fetchval(
+            "SELECT obj_description('tracksolid.v_mileage_daily_cagg'::regclass)"
+        )
+    finally:
+        await conn.close()
+    assert zone == "Asia/Kolkata"
+    assert "zone Asia/Kolkata" in comment
+
+
+async def test_concurrent_runners_apply_each_file_once(empty_database_url):
+    plans = await asyncio.gather(*(migrate(empty_database_url) for _ in range(4)))
+
+    with_files = [plan for plan in plans if any("versioned" in s for s in plan)]
+    assert len(with_files) == 1
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        counts = await conn.fetch(
+            "SELECT name, count(*) AS n FROM fleetstream_migrations.applied "
+            "GROUP BY name"
+        )
+    finally:
+        await conn.close()
+    assert {row["n"] for row in counts} == {1}
+    assert len(counts) == len(with_files[0]) - 1
+
+
+async def test_partitions_take_late_rows_out_of_the_default(database_url):
+    conn = await asyncpg.connect(database_url)
+    try:
+        old = datetime(2020, 2, 29, 23, 59, tzinfo=UTC)
+        far = datetime(2031, 1, 1, tzinfo=UTC)
+        for when in (old, far):
+            await conn.execute(
+                "INSERT INTO tracksolid.position_history (imei, gps_time, lat, lng, "
+                "source, origin, received_at) VALUES ('1', $1, 0.5, 36.8, 'poll', "
+                "'jimi.device.track.list', now())",
+                when,
+            )
+        waiting = await conn.fetchval(
+            "SELECT count(*) FROM tracksolid.position_history_default"
+        )
+
+        created = await conn.fetchval("SELECT tracksolid.ensure_partitions()")
+
+        where = await conn.fetch(
+            "SELECT tableoid::regclass::text AS part FROM tracksolid.position_history "
+            "ORDER BY gps_time"
+        )
+    finally:
+        await conn.close()
+    assert waiting == 2
+    assert created == 2
+    assert [row["part"] for row in where] == [
+        "tracksolid.position_history_p202002",
+        "tracksolid.position_history_p203101",
+    ]
+
+
+async def test_plate_column_always_follows_the_rule(database_url):
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            "INSERT INTO tracksolid.devices (imei, vehicle_number, vehicle_number_norm)"
+            " VALUES ('1', 'kca-123a', 'whatever the writer thought')"
+        )
+        inserted = await conn.fetchval(
+            "SELECT vehicle_number_norm FROM tracksolid.devices"
+        )
+        await conn.execute("UPDATE tracksolid.devices SET vehicle_number = 'KBZ 9O9'")
+        updated = await conn.fetchval(
+            "SELECT vehicle_number_norm FROM tracksolid.devices"
+        )
+    finally:
+        await conn.close()
+    assert (inserted, updated) == ("KCA123A", "KBZ9O9")
+
+
+async def test_every_time_series_has_a_natural_key_of_device_and_time(database_url):
+    conn = await asyncpg.connect(database_url)
+    try:
+        keys = await conn.fetch(
+            """
+            SELECT c.conrelid::regclass::text AS tbl,
+                   array_agg(a.attname::text ORDER BY a.attname) AS cols
+            FROM pg_constraint c
+            JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey)
+            WHERE c.contype = 'p' AND c.connamespace = 'tracksolid'::regnamespace
+              AND c.conrelid::regclass::text NOT LIKE '%\\_p2%'
+              AND c.conrelid::regclass::text NOT LIKE '%\\_default'
+            GROUP BY 1
+            """
+        )
+    finally:
+        await conn.close()
+    by_table = {row["tbl"]: set(row["cols"]) for row in keys}
+    assert by_table["tracksolid.position_history"] == {"imei", "gps_time"}
+    assert by_table["tracksolid.alarms"] == {"imei", "alarm_type", "alarm_time"}
+    assert by_table["tracksolid.poll_watermarks"] == {"imei", "method"}
+    for table in ("heartbeats", "fuel_readings", "obd_readings", "lbs_readings"):
+        cols = by_table[f"tracksolid.{table}"]
+        assert "imei" in cols and any(c.endswith("_time") for c in cols), table
