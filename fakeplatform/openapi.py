@@ -46,6 +46,10 @@ MAX_ALARM_ROWS = 1000
 # A gap longer than this between two fixes ends a trip and starts a parking.
 TRIP_GAP = timedelta(minutes=5)
 EXPIRED_IMEI = fake_imei("expired-unit")
+# Request parameters the call record leaves out.
+SECRET_PARAMS = frozenset(
+    {"sign", "access_token", "refresh_token", "user_pwd_md5", "app_key"}
+)
 
 PARAM_ERROR = 1001
 ILLEGAL_DEVICE = 1002
@@ -125,6 +129,7 @@ class Call:
     method: str
     at: float
     code: int
+    params: dict[str, str] = field(default_factory=dict)
 
 
 def fake_sign(params: dict[str, str], secret: str) -> str:
@@ -237,7 +242,8 @@ class FakeOpenApi:
                 "data": None,
             }
             code = exc.code
-        self.calls.append(Call(method, time.monotonic(), code))
+        shown = {k: v for k, v in params.items() if k not in SECRET_PARAMS}
+        self.calls.append(Call(method, time.monotonic(), code, shown))
         return body
 
     def _dispatch(self, method: str, params: dict[str, str]) -> dict[str, Any]:

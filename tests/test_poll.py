@@ -1,0 +1,329 @@
+"""The poll worker against the fake platform, the real broker and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from fakeplatform.openapi import EXPIRED_IMEI, FakeConfig
+from fakeplatform.server import FakePlatform
+from fakeplatform.traces import (
+    Replay,
+    format_platform_time,
+    history_replay,
+    is_valid_fix,
+    load_traces,
+)
+from fleetstream.codec import codec
+from fleetstream.db import create_pool
+from fleetstream.kafka import ensure_topics, make_consumer, make_producer
+from producers.client import TracksolidClient, parse_time
+from producers.poll import (
+    ALARM_LIST,
+    TRACK_LIST,
+    TRACK_MILEAGE,
+    Poller,
+    load_watermarks,
+    run_poll,
+    save_watermarks,
+)
+from producers.publish import RawPublisher
+
+FAR = timedelta(days=30)
+
+
+def poll_settings(make_settings, database_url, platform, **overrides):
+    config = platform.api.config
+    values = {
+        "database_url": database_url,
+        "tracksolid_base_url": platform.base_url,
+        "tracksolid_app_key": config.app_key,
+        "tracksolid_app_secret": config.app_secret,
+        "tracksolid_user_id": config.user_id,
+        "tracksolid_user_pwd_md5": config.user_pwd_md5,
+        "tracksolid_target": config.user_id,
+        "tracksolid_backoff_base_seconds": 0.1,
+        "tracksolid_backoff_max_seconds": 0.5,
+    }
+    values.update(overrides)
+    return make_settings(**values)
+
+
+async def read_raw(settings, kind: str, idle_s: float = 1.0) -> list[dict]:
+    """Return every RawEvent on a raw topic, with its key, oldest first per key."""
+    consumer = make_consumer(
+        settings, settings.topic("raw", kind), group_id=None, fetch_max_wait_ms=20
+    )
+    await consumer.start()
+    events = []
+    try:
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < idle_s:
+            batch = await consumer.getmany(timeout_ms=100)
+            for messages in batch.values():
+                for message in messages:
+                    event = codec("RawEvent").decode(message.value)
+                    events.append({**event, "key": message.key})
+                    quiet_since = time.monotonic()
+    finally:
+        await consumer.stop()
+    return events
+
+
+class Harness:
+    """A Poller wired to real services, for tests that drive one job at a time."""
+
+    async def start(self, settings):
+        await ensure_topics(settings)
+        self.pool = await create_pool(settings.database_url, max_size=4)
+        self.client = TracksolidClient(settings, self.pool, worker="poll@test")
+        self.producer = make_producer(settings)
+        await self.producer.start()
+        publisher = RawPublisher(self.producer, settings, "poll")
+        self.poller = Poller(settings, self.client, self.pool, publisher)
+        return self
+
+    async def stop(self):
+        await self.producer.stop()
+        await self.client.aclose()
+        await self.pool.close()
+
+
+async def test_registry_and_locations_recover_omitted_devices(
+    make_settings, database_url
+):
+    traces = load_traces(["truck-A", "truck-B", "denver-1"])
+    imeis = {t.name: t.imei for t in traces}
+    replay = Replay(traces, datetime.now(UTC) - timedelta(minutes=10))
+    config = FakeConfig(
+        child_accounts={"fleet_sub": [imeis["denver-1"]]},
+        omit_imeis=[imeis["truck-B"]],
+    )
+    async with FakePlatform(config, replay) as platform:
+        settings = poll_settings(make_settings, database_url, platform)
+        harness = await Harness().start(settings)
+        try:
+            devices = await harness.poller.poll_devices()
+            await harness.poller.poll_locations()
+        finally:
+            await harness.stop()
+
+    everyone = {*imeis.values(), EXPIRED_IMEI}
+    assert set(devices) == everyone
+    assert harness.poller.accounts == ["fleet_demo_ke", "fleet_sub"]
+    registry = await read_raw(settings, "device")
+    assert {e["imei"] for e in registry} == everyone
+    assert all(e["key"] == e["imei"].encode() for e in registry)
+    assert all(e["source"] == "poll" for e in registry)
+    assert {e["origin"] for e in registry} == {"jimi.user.device.list"}
+    plates = {e["imei"]: json.loads(e["payload"])["vehicleNumber"] for e in registry}
+    assert plates[imeis["truck-A"]] == "kza 123a"
+    positions = await read_raw(settings, "position")
+    by_imei = Counter(e["imei"] for e in positions)
+    assert by_imei == Counter(everyone)
+    got = {e["imei"]: e for e in positions}
+    assert got[imeis["truck-B"]]["origin"] == "jimi.device.location.get"
+    assert got[imeis["denver-1"]]["origin"] == "jimi.user.device.location.list"
+    expired = json.loads(got[EXPIRED_IMEI]["payload"])
+    assert (expired["lat"], expired["lng"], expired["expireFlag"]) == (0, 0, "0")
+    assert json.loads(got[imeis["truck-A"]]["payload"])["posType"] == "GPS"
+    # One response, one request id; different responses, different ids.
+    main_list = [e for e in positions if e["imei"] in (imeis["truck-A"], EXPIRED_IMEI)]
+    assert len({e["request_id"] for e in main_list}) == 1
+    assert len({e["request_id"] for e in positions}) == 3
+
+
+async def wait_for_marks(pool, imeis, at_least: datetime, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        marks = await load_watermarks(pool, TRACK_LIST, imeis)
+        if len(marks) == len(imeis) and min(marks.values()) >= at_least:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"watermarks did not reach {at_least} in {timeout} s")
+
+
+async def test_restart_mid_window_leaves_no_gap(make_settings, database_url):
+    traces = load_traces(["truck-A", "truck-B"])
+    imeis = [t.imei for t in traces]
+    speedup = 200.0
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=8)
+    replay = Replay(traces, start, speedup=speedup, loop=False)
+    last_delivery = max(
+        replay.instant(t, 0, max(p.delivery_offset_s for p in t.points)) for t in traces
+    )
+    overlap = 4.0  # wall seconds; the latest delivery is 565 trace s = 2.8 s late
+    async with FakePlatform(FakeConfig(include_expired_device=False), replay) as fake:
+        settings = poll_settings(
+            make_settings,
+            database_url,
+            fake,
+            poll_tracks_interval_seconds=0.5,
+            poll_tracks_overlap_seconds=overlap,
+            poll_tracks_window_seconds=10.0,
+            poll_locations_interval_seconds=60.0,
+        )
+        await ensure_topics(settings)
+        pool = await create_pool(database_url, max_size=2)
+        seeded = start - timedelta(seconds=1)
+        await save_watermarks(pool, TRACK_LIST, imeis, seeded)
+
+        first = asyncio.create_task(run_poll(settings, asyncio.Event()))
+        await wait_for_marks(pool, imeis, start + timedelta(seconds=12), 40)
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        crashed_at = len(fake.api.calls)
+        await asyncio.sleep(1.5)
+        stop = asyncio.Event()
+        second = asyncio.create_task(run_poll(settings, stop))
+        done = last_delivery + timedelta(seconds=overlap + 1)
+        await wait_for_marks(pool, imeis, done, 60)
+        stop.set()
+        await second
+        await pool.close()
+
+    events = [
+        e for e in await read_raw(settings, "position") if e["origin"] == TRACK_LIST
+    ]
+    published = Counter(
+        (e["imei"], json.loads(e["payload"])["gpsTime"]) for e in events
+    )
+    expected = Counter(
+        (t.imei, format_platform_time(gps))
+        for t in traces
+        for gps, point in replay.fixes(t.imei, start - FAR, start + FAR, start + FAR)
+        if is_valid_fix(point)
+    )
+    assert set(published) == set(expected)
+    assert any(c.method == TRACK_LIST for c in fake.api.calls[crashed_at:])
+
+    windows: dict[str, list[tuple[datetime, datetime]]] = {i: [] for i in imeis}
+    for call in fake.api.calls:
+        if call.method == TRACK_LIST and call.code == 0:
+            windows[call.params["imei"]].append(
+                (
+                    parse_time(call.params["begin_time"]),
+                    parse_time(call.params["end_time"]),
+                )
+            )
+    for imei, spans in windows.items():
+        assert spans[0][0] <= seeded
+        re_reads = 0
+        for (_, prev_end), (begin, end) in zip(spans, spans[1:], strict=False):
+            assert begin <= prev_end, "a gap between two windows"
+            assert end - begin <= timedelta(seconds=10)
+            if begin < prev_end - timedelta(seconds=overlap):
+                re_reads += 1
+        # Beyond the overlap, only the window in flight at the crash is read again.
+        assert re_reads <= 1, imei
+    for (imei, stamp), count in published.items():
+        moment = parse_time(stamp)
+        covering = sum(b <= moment <= e for b, e in windows[imei])
+        assert expected[imei, stamp] <= count <= expected[imei, stamp] * covering
+
+
+async def test_alarms_are_paged_and_a_repeated_page_stops(make_settings, database_url):
+    traces = load_traces()
+    now = datetime.now(UTC)
+    replay = history_replay(traces, now)
+    config = FakeConfig(include_expired_device=False, overspeed_kmh=30.0)
+    async with FakePlatform(config, replay) as fake:
+        settings = poll_settings(make_settings, database_url, fake)
+        begin = now - timedelta(hours=2)
+        expected = sorted(
+            (row["imei"], row["alertTime"], row["alertTypeId"])
+            for t in traces
+            for row in fake.api._alarms(t.imei, begin, now)
+        )
+        assert 100 < len(expected) < 1000, "the traces must give more than one page"
+        harness = await Harness().start(settings)
+        try:
+            await harness.poller.poll_devices()
+            await save_watermarks(
+                harness.pool, ALARM_LIST, harness.poller.devices, begin
+            )
+            await harness.poller.poll_alarms()
+            paged = await read_raw(settings, "alarm")
+            pages = [
+                c.params["page_no"] for c in fake.api.calls if c.method == ALARM_LIST
+            ]
+
+            fake.api.configure({"ignore_page_no": True})
+            await harness.pool.execute(
+                "UPDATE tracksolid.poll_watermarks SET watermark = $1", begin
+            )
+            calls_before = len(fake.api.calls)
+            await harness.poller.poll_alarms()
+            repeated = [
+                c for c in fake.api.calls[calls_before:] if c.method == ALARM_LIST
+            ]
+        finally:
+            await harness.stop()
+
+    got = sorted(
+        (
+            e["imei"],
+            json.loads(e["payload"])["alertTime"],
+            json.loads(e["payload"])["alertTypeId"],
+        )
+        for e in paged
+    )
+    assert got == expected
+    assert pages == [str(n) for n in range(1, len(expected) // 100 + 2)]
+    assert all(e["key"] == e["imei"].encode() for e in paged)
+    # A platform serving page 1 again is caught on the second call.
+    assert [c.params["page_no"] for c in repeated] == ["1", "2"]
+    again = await read_raw(settings, "alarm")
+    assert len(again) == len(paged) + 100
+
+
+async def test_trips_come_from_track_mileage(make_settings, database_url):
+    traces = load_traces(["truck-B", "visnjan-car"])
+    now = datetime.now(UTC)
+    replay = history_replay(traces, now)
+    async with FakePlatform(FakeConfig(include_expired_device=False), replay) as fake:
+        settings = poll_settings(make_settings, database_url, fake)
+        harness = await Harness().start(settings)
+        try:
+            await harness.poller.poll_devices()
+            begin = now - timedelta(hours=3)
+            await save_watermarks(
+                harness.pool, TRACK_MILEAGE, harness.poller.devices, begin
+            )
+            await harness.poller.poll_trips()
+            marks = await load_watermarks(
+                harness.pool, TRACK_MILEAGE, harness.poller.devices
+            )
+        finally:
+            await harness.stop()
+
+    trips = await read_raw(settings, "trip")
+    assert {e["imei"] for e in trips} == {t.imei for t in traces}
+    assert all(e["origin"] == TRACK_MILEAGE for e in trips)
+    rows = [json.loads(e["payload"]) for e in trips]
+    assert all(r["startTime"] < r["endTime"] for r in rows)
+    for trace in traces:
+        assert sum(r["distance"] for r in rows if r["imei"] == trace.imei) > 1.0
+    assert all(m > now - timedelta(seconds=5) for m in marks.values())
+
+
+@pytest.mark.parametrize("window", [600.0, 7 * 86400.0])
+def test_windows_never_exceed_the_limit_and_always_advance(window):
+    from producers.poll import next_window
+
+    overlap = timedelta(seconds=7200)
+    mark = datetime(2025, 3, 1, tzinfo=UTC)
+    limit = mark + timedelta(days=20)
+    longest = timedelta(seconds=window)
+    spans = []
+    while mark < limit:
+        begin, end = next_window(mark, limit, overlap, longest)
+        spans.append((begin, end))
+        assert end > mark and end - begin <= longest and begin <= mark
+        mark = end
+    assert spans[-1][1] == limit
