@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -16,7 +20,7 @@ import uvicorn
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from fleetstream.codec import codec
-from fleetstream.embedded import EmbeddedBroker, free_port
+from fleetstream.embedded import EmbeddedBroker, free_port, wait_for_port
 from fleetstream.kafka import ensure_topics
 from fleetstream.topics import RAW_TOPICS
 from producers.webhook import SUCCESS, create_app, token_matches
@@ -524,3 +528,46 @@ async def test_broker_outage_answers_503_then_recovers(make_settings, state_dir)
         assert records[1] not in payloads
     finally:
         broker.stop()
+
+
+async def test_stage_process_serves_until_sigterm(make_settings, state_dir):
+    settings = make_settings(webhook_push_token=SAMPLE_TOKEN)
+    port = free_port()
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "FLEETSTREAM_BROKER_PROFILE": settings.broker_profile,
+        "FLEETSTREAM_TOPIC_PREFIX": settings.topic_prefix,
+        "FLEETSTREAM_ENVIRONMENT": "test",
+        "FLEETSTREAM_WEBHOOK_PUSH_TOKEN": SAMPLE_TOKEN,
+        "FLEETSTREAM_WEBHOOK_HOST": "127.0.0.1",
+        "FLEETSTREAM_WEBHOOK_PORT": str(port),
+    }
+    log = state_dir / f"webhook-{port}.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fleetstream.cli", "webhook"],
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        await asyncio.to_thread(wait_for_port, "127.0.0.1", port, 30)
+        url = f"http://127.0.0.1:{port}"
+        record = gps_record("860001000000011", 7)
+        async with httpx.AsyncClient() as client:
+            health = await client.get(url + "/healthz")
+            pushed = await client.post(
+                url + "/pushgps", content=form(SAMPLE_TOKEN, [record]), headers=FORM
+            )
+        process.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(process.wait, 20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+    assert health.status_code == 200
+    assert pushed.status_code == 200
+    assert code == 0
+    assert "webhook receiver stopped" in log.read_text()
+    got = decoded(await read_topic(settings, settings.topic("raw", "position"), 1))
+    assert [json.loads(e["payload"]) for _, e in got] == [record]
