@@ -395,3 +395,25 @@ async def test_pusher_reaches_the_receiver_through_a_real_client(receiver, trace
         await pusher.push_window(NOW - timedelta(days=1), NOW)
         assert not client.is_closed
     assert pusher.records[("pushgps", "accepted")] == len(traces["denver-2"].points)
+
+
+@pytest.mark.parametrize("shape", ["iothub", "flat"])
+async def test_pusher_alarm_shapes_reach_the_alarm_topic(receiver, traces, shape):
+    settings, url = receiver
+    trace = traces["truck-B"]
+    replay = history_replay([trace], NOW)
+    options = PushOptions(heartbeat_interval_s=0, overspeed_kmh=50, alarm_shape=shape)
+    pusher = Pusher(replay, url, TOKEN, options)
+
+    await pusher.push_window(NOW - timedelta(days=1), NOW)
+
+    sent = pusher.records[("pushalarm", "accepted")]
+    assert sent > 0
+    got = decoded(await read_topic(settings, settings.topic("raw", "alarm"), sent))
+    assert len(got) == sent
+    assert {key for key, _ in got} == {trace.imei}
+    for _, event in got:
+        alarm = json.loads(event["payload"])
+        body = alarm["msg"] if shape == "iothub" else alarm
+        assert body.get("alertType", body.get("alarmType")) == "6"
+        assert event["origin"] == "pushalarm"
