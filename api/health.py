@@ -28,6 +28,7 @@ REQUIRED = (
     "reporting.v_filter_cost_centres",
     "reporting.v_filter_cities",
     "reporting.refresh_log",
+    "reporting.refresh_v_trips",
 )
 
 
