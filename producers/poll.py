@@ -193,7 +193,7 @@ class Poller:
     async def poll_alarms(self) -> int:
         """Publish alarms of every device batch since its watermark, page by page."""
         return await self._poll_batches(
-            ALARM_LIST, MAX_ALARM_IMEIS, MAX_ALARM_WINDOW, self._alarm_window
+            ALARM_LIST, MAX_ALARM_IMEIS, MAX_ALARM_WINDOW, self.alarm_window
         )
 
     async def poll_trips(self) -> int:
@@ -208,7 +208,8 @@ class Poller:
         )
         return await self._publish(envelope)
 
-    async def _alarm_window(self, imeis, begin, end) -> int:
+    async def alarm_window(self, imeis, begin, end) -> int:
+        """Publish the alarms of ``imeis`` in one window, following its pages."""
         published = 0
         previous_first = None
         for page in range(1, MAX_ALARM_ROWS // ALARM_PAGE_SIZE + 1):

@@ -22,7 +22,7 @@ from fakeplatform.traces import (
 from fleetstream.codec import codec
 from fleetstream.db import create_pool
 from fleetstream.kafka import ensure_topics, make_consumer, make_producer
-from producers.client import TracksolidClient, parse_time
+from producers.client import IpLimitError, TracksolidClient, parse_time
 from producers.poll import (
     ALARM_LIST,
     TRACK_LIST,
@@ -327,3 +327,57 @@ def test_windows_never_exceed_the_limit_and_always_advance(window):
         assert end > mark and end - begin <= longest and begin <= mark
         mark = end
     assert spans[-1][1] == limit
+
+
+async def test_backfill_resumes_without_gaps_or_duplicates(
+    make_settings, database_url, caplog
+):
+    from producers.backfill import run_backfill
+
+    traces = load_traces(["truck-B", "visnjan-car"])
+    now = datetime.now(UTC).replace(microsecond=0)
+    replay = history_replay(traces, now - timedelta(days=3))
+    config = FakeConfig(
+        include_expired_device=False,
+        fail_methods=[TRACK_LIST],
+        fail_code=1005,
+        fail_every=3,
+    )
+    imeis = [t.imei for t in traces]
+    async with FakePlatform(config, replay) as fake:
+        settings = poll_settings(
+            make_settings, database_url, fake, backfill_call_interval_seconds=0.0
+        )
+        await ensure_topics(settings)
+        begin = now - timedelta(days=15)
+        with pytest.raises(IpLimitError):
+            await run_backfill(settings, begin, now, imeis)
+        first_run = len(fake.api.calls)
+        fake.api.configure({"fail_every": 0})
+        caplog.set_level("INFO", logger="producers.backfill")
+
+        outcome = await run_backfill(settings, begin, now, imeis)
+
+    assert (outcome.windows_total, outcome.windows_skipped) == (7, 2)
+    assert outcome.windows_done == 5
+    tracks = [
+        (c.params["imei"], c.params["begin_time"])
+        for c in fake.api.calls
+        if c.method == TRACK_LIST and c.code == 0
+    ]
+    assert len(tracks) == len(set(tracks)) == 6, "no window is fetched twice"
+    assert not any(c.method == ALARM_LIST for c in fake.api.calls[:first_run])
+    events = await read_raw(settings, "position")
+    assert {e["source"] for e in events} == {"backfill"}
+    published = Counter(
+        (e["imei"], json.loads(e["payload"])["gpsTime"]) for e in events
+    )
+    expected = Counter(
+        (t.imei, format_platform_time(gps))
+        for t in traces
+        for gps, point in replay.fixes(t.imei, begin, now, now)
+        if is_valid_fix(point)
+    )
+    assert published == expected
+    progress = [r.getMessage() for r in caplog.records if "windows/min" in r.message]
+    assert progress and progress[-1].split(": ")[1].startswith("7/7 windows")
