@@ -35,6 +35,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from fleetstream.codec import codec
+from fleetstream.errors import FleetstreamError
 from fleetstream.kafka import ensure_topics, make_producer
 from fleetstream.runtime import run_until_stopped
 from fleetstream.settings import Settings
@@ -47,7 +48,7 @@ FORM_TYPE = "application/x-www-form-urlencoded"
 JSON_TYPE = "application/json"
 
 
-class Refused(Exception):
+class Refused(FleetstreamError):
     """A push that is answered with an error status and never published."""
 
     def __init__(self, status: int, reason: str, message: str) -> None:
