@@ -134,6 +134,9 @@ class Settings(BaseSettings):
     fake_platform_host: str = "127.0.0.1"
     fake_platform_port: int = 8892
     fake_speedup: float = 1.0
+    # Receiver base URL the fake platform pushes to (empty: it pushes nothing).
+    fake_push_url: str = ""
+    fake_push_interval_seconds: float = 5.0
 
     @field_validator("platform_timezone", "fleet_timezone")
     @classmethod
