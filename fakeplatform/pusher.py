@@ -28,6 +28,7 @@ import httpx
 
 from fakeplatform.traces import Delivery, Replay, Trace, format_platform_time
 from fleetstream.runtime import sleep_or_stop
+from fleetstream.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -317,3 +318,16 @@ class Pusher:
                 await self._client.aclose()
                 self._client = None
             logger.info("pusher stopped after %d rounds: %s", rounds, self.summary())
+
+
+def pusher_from_settings(replay: Replay, settings: Settings) -> Pusher | None:
+    """Return the pusher ``settings`` ask for, or None when no push URL is set.
+
+    The fake platform pushes with the token the receiver expects, as Jimi would
+    after the token was agreed.
+    """
+    if not settings.fake_push_url:
+        return None
+    options = PushOptions(interval_s=settings.fake_push_interval_seconds)
+    token = settings.webhook_push_token.get_secret_value()
+    return Pusher(replay, settings.fake_push_url, token, options)

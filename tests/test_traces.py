@@ -13,7 +13,12 @@ import httpx
 import pytest
 from test_webhook import decoded, read_topic, serving
 
-from fakeplatform.pusher import REUPLOAD_AFTER_S, Pusher, PushOptions
+from fakeplatform.pusher import (
+    REUPLOAD_AFTER_S,
+    Pusher,
+    PushOptions,
+    pusher_from_settings,
+)
 from fakeplatform.traces import (
     TRACES_DIR,
     Replay,
@@ -417,3 +422,20 @@ async def test_pusher_alarm_shapes_reach_the_alarm_topic(receiver, traces, shape
         body = alarm["msg"] if shape == "iothub" else alarm
         assert body.get("alertType", body.get("alarmType")) == "6"
         assert event["origin"] == "pushalarm"
+
+
+async def test_pusher_from_settings_targets_the_receiver(receiver, make_settings):
+    settings, url = receiver
+    replay = history_replay(load_traces(["denver-2"]), NOW)
+
+    assert pusher_from_settings(replay, make_settings()) is None
+    pusher = pusher_from_settings(
+        replay,
+        make_settings(
+            fake_push_url=url, webhook_push_token=TOKEN, fake_push_interval_seconds=2
+        ),
+    )
+    await pusher.push_window(NOW - timedelta(days=1), NOW)
+
+    assert pusher.options.interval_s == 2
+    assert pusher.records[("pushgps", "accepted")] == len(replay.traces[0].points)
