@@ -1,0 +1,423 @@
+"""The API's SQL functions, daily mileage and the views on seeded fleet data.
+
+The fleet zone is Africa/Nairobi (UTC+3, no daylight saving), so local midnight
+is 21:00 UTC. ``seed_fleet`` and the ``*_QUERY`` constants are shared with
+tests/test_timescale.py, which checks that TimescaleDB gives the same answers.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+
+import asyncpg
+import pytest
+
+D1, D2, D3, D4 = (f"86000000000000{n}" for n in range(1, 5))
+# Points 0.009 degrees of latitude apart are this many km apart on our sphere.
+STEP_KM = 6371008.8 * math.radians(0.009) / 1000
+
+SEED_SQL = f"""
+INSERT INTO tracksolid.devices (imei, vehicle_number, driver_name, cost_centre,
+                                city, enabled)
+VALUES ('{D1}', 'KCA 123A', 'Alice Wanjiru', 'Nairobi Dairy', 'Nairobi', true),
+       ('{D2}', 'kbz-456b', 'Brian Otieno', 'Mombasa Fresh', 'Mombasa', true),
+       ('{D3}', 'KDA 789C', NULL, 'Nairobi Dairy', 'Nakuru', NULL),
+       ('{D4}', 'KIA 111', 'Dan Kip', 'Mombasa Fresh', 'Mombasa', false);
+
+-- Latest fixes: D1 moving, D2 idling, D3 silent for 3 h, D4 disabled.
+INSERT INTO tracksolid.live_positions (imei, gps_time, lat, lng, speed_kmh,
+    direction_deg, acc_on, pos_type, source, origin, received_at)
+SELECT imei, date_trunc('second', now()) - ago, lat, lng, speed, 90, acc, 'GPS',
+       'poll', 'jimi.user.device.location.list', now()
+FROM (VALUES ('{D1}', interval '2 minutes', -1.28, 36.82, 45.0, true),
+             ('{D2}', interval '5 minutes', -4.05, 39.66, 0.0, true),
+             ('{D3}', interval '3 hours', -0.30, 36.07, 0.0, false),
+             ('{D4}', interval '1 minute', -4.06, 39.67, 20.0, true))
+     AS v (imei, ago, lat, lng, speed, acc);
+
+-- D1's recent trail: a fix every 10 minutes for 30 hours, heading north, and a
+-- cell-tower fix among them. D2 drove until 20 minutes ago, then stood.
+INSERT INTO tracksolid.position_history (imei, gps_time, lat, lng, speed_kmh,
+    acc_on, pos_type, source, origin, received_at)
+SELECT '{D1}',
+       date_trunc('second', now()) - interval '2 minutes' - n * interval '10 minutes',
+       -1.28 - n * 0.001, 36.82, 40, true, CASE WHEN n = 7 THEN 'LBS' ELSE 'GPS' END,
+       'poll', 'jimi.device.track.list', now()
+FROM generate_series(0, 179) n;
+INSERT INTO tracksolid.position_history (imei, gps_time, lat, lng, speed_kmh,
+    acc_on, pos_type, source, origin, received_at)
+VALUES ('{D2}', date_trunc('second', now()) - interval '20 minutes', -4.059, 39.66,
+        30, true, 'GPS', 'push', 'pushgps', now()),
+       ('{D2}', date_trunc('second', now()) - interval '5 minutes', -4.05, 39.66,
+        0, true, 'GPS', 'push', 'pushgps', now());
+
+-- A day of D1 on 2026-03-10 (local): a 9-step drive north at 60 km/h with a
+-- cell-tower fix in the middle of it, then parked with GPS jitter and one wild
+-- jump; the last fix falls after local midnight, on 2026-03-11.
+INSERT INTO tracksolid.position_history (imei, gps_time, lat, lng, speed_kmh,
+    acc_on, pos_type, source, origin, received_at)
+SELECT '{D1}', timestamptz '2026-03-10 05:00+00' + n * interval '1 minute',
+       -1.0 + n * 0.009, 36.9, 60, true, 'GPS', 'poll', 'jimi.device.track.list',
+       now()
+FROM generate_series(0, 9) n
+UNION ALL
+SELECT '{D1}', timestamptz '2026-03-10 05:04:30+00', -0.9, 37.0, 0, true, 'LBS',
+       'poll', 'jimi.device.track.list', now()
+UNION ALL
+SELECT '{D1}', timestamptz '2026-03-10 06:00+00' + n * interval '1 minute',
+       -1.0 + 9 * 0.009 + CASE WHEN n % 2 = 0 THEN 0 ELSE 0.0002 END,
+       36.9, 0, false, 'GPS', 'poll', 'jimi.device.track.list', now()
+FROM generate_series(0, 19) n
+UNION ALL
+SELECT '{D1}', timestamptz '2026-03-10 06:10:30+00', -0.5, 36.9, 0, false, 'GPS',
+       'poll', 'jimi.device.track.list', now()
+UNION ALL
+SELECT '{D1}', timestamptz '2026-03-10 21:10+00', -0.919, 36.9, 0, false, 'GPS',
+       'poll', 'jimi.device.track.list', now();
+
+-- D2 on 2026-03-10 reports an odometer: 35.5 km, whatever its GPS path says.
+INSERT INTO tracksolid.position_history (imei, gps_time, lat, lng, speed_kmh,
+    acc_on, pos_type, odometer_m, source, origin, received_at)
+SELECT '{D2}', timestamptz '2026-03-10 08:00+00' + n * interval '10 minutes',
+       -4.0 + n * 0.01, 39.6, 50, true, 'GPS', 100000 + n * 7100, 'push',
+       'pushgps', now()
+FROM generate_series(0, 5) n;
+
+-- Trips. T1 (stream) and T2 (platform) are the same drive across local midnight;
+-- T7 starts the moment T3 ends; T5 starts at local midnight; T6 is still open.
+INSERT INTO tracksolid.trips (trip_id, imei, start_time, end_time, distance_km,
+    duration_s, max_speed_kmh, avg_speed_kmh, driver_name, source, updated_at)
+VALUES
+ ('T1', '{D1}', '2026-03-10 20:30+00', '2026-03-10 21:30+00', 30.0, 3600, 80, 30,
+  NULL, 'stream', '2026-03-10 22:00+00'),
+ ('T2', '{D1}', '2026-03-10 20:31+00', '2026-03-10 21:29+00', 29.5, 3480, 79, 30.5,
+  NULL, 'platform', '2026-03-10 21:45+00'),
+ ('T3', '{D1}', '2026-03-11 06:00+00', '2026-03-11 07:00+00', 12.0, 3600, 50, 12,
+  NULL, 'stream', now()),
+ ('T7', '{D1}', '2026-03-11 07:00+00', '2026-03-11 07:30+00', 6.0, 1800, 40, 12,
+  NULL, 'stream', now()),
+ ('T4', '{D2}', '2026-03-11 10:00+00', '2026-03-11 11:00+00', 20.0, 3600, 70, 20,
+  'Brian Otieno', 'stream', now()),
+ ('T5', '{D3}', '2026-03-11 21:00+00', '2026-03-11 21:20+00', 5.0, 1200, 45, 15,
+  'Carol Achieng', 'platform', now()),
+ ('T6', '{D2}', '2026-03-12 05:00+00', NULL, NULL, NULL, NULL, NULL,
+  NULL, 'stream', now());
+
+INSERT INTO tracksolid.alarms (imei, alarm_type, alarm_time, alarm_name)
+VALUES ('{D1}', '3', '2026-03-10 20:59+00', 'Vibration alarm'),
+       ('{D2}', '3', '2026-03-10 21:01+00', 'Vibration alarm'),
+       ('{D2}', '128', '2026-03-10 21:02+00', 'Overspeed alarm');
+"""
+
+TRIPS_QUERY = (
+    "SELECT trip_id FROM reporting.fn_trips_for_map($1::text[], $2, $3, $4, "
+    "$5::timestamp, $6::timestamp)"
+)
+LIVE_QUERY = (
+    "SELECT imei, vehicle_number, driver_name, cost_centre, city, acc_status, status, "
+    "lat, lng FROM reporting.fn_live_positions($1, $2)"
+)
+TRACK_QUERY = (
+    "SELECT imei, gps_time, lat, lng, pos_type FROM reporting.fn_vehicle_track($1, $2)"
+)
+MILEAGE_QUERY = (
+    "SELECT imei, local_date, fixes, round(distance_km::numeric, 6) AS km, "
+    "distance_source, round(gps_km::numeric, 6) AS gps_km "
+    "FROM tracksolid.v_mileage_daily WHERE local_date < '2026-04-01' "
+    "ORDER BY imei, local_date"
+)
+# (vehicles, driver, cost_centre, city, start, end) -> visible trips, in order.
+TRIP_CASES = [
+    ((None, None, None, None, None, None), ["T2", "T3", "T7", "T4", "T5", "T6"]),
+    (
+        (None, None, None, None, datetime(2026, 3, 11), datetime(2026, 3, 12)),
+        ["T2", "T3", "T7", "T4"],
+    ),
+    (
+        (None, None, None, None, datetime(2026, 3, 10), datetime(2026, 3, 11)),
+        ["T2"],
+    ),
+    # Zone-less bounds are Nairobi wall-clock: 18:00-23:59 local ends before T5.
+    (
+        (None, None, None, None, datetime(2026, 3, 11, 18), datetime(2026, 3, 11, 23)),
+        [],
+    ),
+    (
+        (None, None, None, None, datetime(2026, 3, 12), datetime(2026, 3, 12, 1)),
+        ["T5"],
+    ),
+    # The open trip T6 started at 08:00 local.
+    (
+        (None, None, None, None, datetime(2026, 3, 12, 8), datetime(2026, 3, 12, 9)),
+        ["T6"],
+    ),
+    ((["kca123a"], None, None, None, None, None), ["T2", "T3", "T7"]),
+    (
+        ([" KCA-123-A ", D2], None, None, None, None, None),
+        ["T2", "T3", "T7", "T4", "T6"],
+    ),
+    # T6 names no driver; the device's driver drove it.
+    (([], "brian otieno", None, None, None, None), ["T4", "T6"]),
+    ((None, None, "NAIROBI DAIRY", None, None, None), ["T2", "T3", "T7", "T5"]),
+    ((None, "", "", "nakuru", None, None), ["T5"]),
+    ((["KZZ 000"], None, None, None, None, None), []),
+]
+
+
+async def seed_fleet(conn) -> None:
+    """Load the seeded fleet and refresh the relations derived from it."""
+    await conn.execute(SEED_SQL)
+    await conn.execute("SELECT reporting.refresh_v_trips()")
+    await conn.execute("SELECT tracksolid.refresh_mileage_daily(NULL, NULL)")
+
+
+def expected_mileage() -> list[tuple]:
+    """Return (imei, local date, fixes, km, source) of the seeded days."""
+    return [
+        (D1, "2026-03-10", 32, round(9 * STEP_KM, 6), "gps"),
+        (D1, "2026-03-11", 1, 0.0, "gps"),
+        (D2, "2026-03-10", 6, 35.5, "odometer"),
+    ]
+
+
+@pytest.fixture
+async def fleet(database_url):
+    conn = await asyncpg.connect(database_url)
+    await seed_fleet(conn)
+    yield conn
+    await conn.close()
+
+
+@pytest.mark.parametrize(("args", "expected"), TRIP_CASES)
+async def test_trips_for_map(fleet, args, expected):
+    rows = await fleet.fetch(TRIPS_QUERY, *args)
+
+    assert [row["trip_id"] for row in rows] == expected
+
+
+async def test_consecutive_ranges_return_each_overlapping_trip_once_per_range(fleet):
+    days = [datetime(2026, 3, d) for d in range(9, 14)]
+    seen: dict[str, int] = {}
+    for lo, hi in zip(days, days[1:], strict=False):
+        rows = await fleet.fetch(TRIPS_QUERY, None, None, None, None, lo, hi)
+        ids = [row["trip_id"] for row in rows]
+        assert len(ids) == len(set(ids))
+        for trip_id in ids:
+            seen[trip_id] = seen.get(trip_id, 0) + 1
+
+    # T2 runs from 23:31 to 00:29 local, so two daily ranges each show it.
+    assert seen == {"T2": 2, "T3": 1, "T7": 1, "T4": 1, "T5": 1, "T6": 1}
+
+
+async def test_trip_columns_carry_registry_and_local_date(fleet):
+    row = await fleet.fetchrow(
+        "SELECT * FROM reporting.fn_trips_for_map(ARRAY['KCA123A'], NULL, NULL, NULL, "
+        "'2026-03-10', '2026-03-11')"
+    )
+
+    assert row["trip_id"] == "T2"
+    assert row["vehicle_number"] == "KCA 123A"
+    assert row["driver_name"] == "Alice Wanjiru"
+    assert (row["cost_centre"], row["city"]) == ("Nairobi Dairy", "Nairobi")
+    assert str(row["trip_date"]) == "2026-03-10"
+    assert row["source"] == "platform"
+
+
+async def test_stream_trip_shows_again_once_the_platform_trip_is_gone(fleet):
+    await fleet.execute("DELETE FROM tracksolid.trips WHERE trip_id = 'T2'")
+    await fleet.execute("SELECT reporting.refresh_v_trips()")
+
+    rows = await fleet.fetch(
+        TRIPS_QUERY, None, None, None, None, datetime(2026, 3, 10), None
+    )
+
+    assert [row["trip_id"] for row in rows][:1] == ["T1"]
+    logged = await fleet.fetchval(
+        "SELECT count(*) FROM reporting.refresh_log "
+        "WHERE relation = 'reporting.v_trips'"
+    )
+    assert logged == 2
+
+
+@pytest.mark.parametrize(
+    ("cost_centre", "acc_status", "expected"),
+    [
+        (None, None, {D1: "moving", D2: "idle", D3: "offline"}),
+        ("all", "ALL", {D1: "moving", D2: "idle", D3: "offline"}),
+        ("nairobi dairy", None, {D1: "moving", D3: "offline"}),
+        (None, "off", {D3: "offline"}),
+        ("Mombasa Fresh", "on", {D2: "idle"}),
+        (None, "unknown", {}),
+    ],
+)
+async def test_live_positions(fleet, cost_centre, acc_status, expected):
+    rows = await fleet.fetch(
+        "SELECT * FROM reporting.fn_live_positions($1, $2)", cost_centre, acc_status
+    )
+
+    assert {row["imei"]: row["status"] for row in rows} == expected
+    for row in rows:
+        assert row["acc_status"] == ("on" if row["acc_on"] else "off")
+        assert row["minutes_since_fix"] >= 1
+
+
+async def test_vehicle_track_is_the_last_hours_of_satellite_fixes(fleet):
+    rows = await fleet.fetch(TRACK_QUERY, "kca 123-a", 24)
+    by_imei = await fleet.fetch(TRACK_QUERY, D1, 2)
+    clamped = await fleet.fetch(TRACK_QUERY, "KCA123A", 0)
+
+    # Fixes n = 0..143 fall within 24 h of now (the newest is 2 minutes old);
+    # n = 7 is a cell-tower fix.
+    assert len(rows) == 144 - 1
+    assert all(row["pos_type"] == "GPS" for row in rows)
+    times = [row["gps_time"] for row in rows]
+    assert times == sorted(times)
+    assert len(by_imei) == 12 - 1
+    assert len(clamped) == 6
+    assert await fleet.fetch(TRACK_QUERY, "KIA111", 24) == []
+
+
+async def test_daily_mileage_prefers_odometer_and_ignores_jitter_and_cells(fleet):
+    rows = await fleet.fetch(MILEAGE_QUERY)
+
+    got = [
+        (
+            r["imei"],
+            str(r["local_date"]),
+            r["fixes"],
+            float(r["km"]),
+            r["distance_source"],
+        )
+        for r in rows
+    ]
+    assert got == expected_mileage()
+
+
+async def test_mileage_refresh_takes_in_late_fixes(fleet):
+    await fleet.execute(
+        "INSERT INTO tracksolid.position_history (imei, gps_time, lat, lng, speed_kmh,"
+        " pos_type, source, origin, received_at) VALUES ($1, '2026-03-10 04:59+00',"
+        " -1.0 - 0.009, 36.9, 60, 'GPS', 'backfill', 'jimi.device.track.list', "
+        "now())",
+        D1,
+    )
+
+    written = await fleet.fetchval(
+        "SELECT tracksolid.refresh_mileage_daily('2026-03-10 12:00+00', "
+        "'2026-03-10 12:00:01+00')"
+    )
+    km = await fleet.fetchval(
+        "SELECT distance_km FROM tracksolid.v_mileage_daily "
+        "WHERE imei = $1 AND local_date = '2026-03-10'",
+        D1,
+    )
+
+    assert written == 2  # D1 and D2 on local 2026-03-10
+    assert km == pytest.approx(10 * STEP_KM, abs=1e-6)
+
+
+async def test_summaries_and_fleet_views(fleet):
+    daily = await fleet.fetchrow(
+        "SELECT * FROM reporting.v_daily_summary WHERE day = '2026-03-11'"
+    )
+    by_cc = await fleet.fetch(
+        "SELECT cost_centre, trips FROM reporting.v_daily_summary_cost_centre "
+        "WHERE day = '2026-03-11' ORDER BY cost_centre"
+    )
+    weekly = await fleet.fetchrow(
+        "SELECT * FROM reporting.v_weekly_summary WHERE week_start = '2026-03-09'"
+    )
+    status = await fleet.fetch("SELECT status, vehicles FROM tracksolid.v_fleet_status")
+    centres = await fleet.fetch("SELECT * FROM reporting.v_filter_cost_centres")
+    alarms = await fleet.fetch(
+        "SELECT day::text, alarm_type, alarms, vehicles FROM tracksolid.v_alarms_daily "
+        "ORDER BY day, alarm_type"
+    )
+    clock = await fleet.fetchrow(
+        "SELECT * FROM tracksolid.v_driver_clock_daily "
+        "WHERE driver_name = 'Brian Otieno'"
+    )
+    km = await fleet.fetchrow(
+        "SELECT * FROM tracksolid.v_fleet_km_daily WHERE day = '2026-03-10'"
+    )
+    idle = await fleet.fetch("SELECT * FROM tracksolid.v_currently_idle")
+    still = await fleet.fetch("SELECT imei FROM tracksolid.v_vehicles_not_moved_today")
+    dispatch = await fleet.fetch("SELECT imei FROM tracksolid.v_active_dispatch_map")
+
+    assert (daily["trips"], daily["vehicles"], float(daily["distance_km"])) == (
+        3,
+        2,
+        38.0,
+    )
+    assert [(r["cost_centre"], r["trips"]) for r in by_cc] == [
+        ("Mombasa Fresh", 1),
+        ("Nairobi Dairy", 2),
+    ]
+    assert weekly["trips"] == 6
+    assert dict((r["status"], r["vehicles"]) for r in status) == {
+        "moving": 1,
+        "idle": 1,
+        "parked": 0,
+        "offline": 1,
+    }
+    assert {r["cost_centre"]: r["vehicles"] for r in centres} == {
+        "Nairobi Dairy": 2,
+        "Mombasa Fresh": 1,
+    }
+    # 20:59 UTC is still 2026-03-10 in Nairobi, 21:01 is already the 11th.
+    assert [tuple(r) for r in alarms] == [
+        ("2026-03-10", "3", 1, 1),
+        ("2026-03-11", "128", 1, 1),
+        ("2026-03-11", "3", 1, 1),
+    ]
+    assert clock["clock_in"].isoformat() == "2026-03-11T10:00:00+00:00"
+    assert float(clock["on_duty_hours"]) == 1.0
+    assert float(km["distance_km"]) == pytest.approx(9 * STEP_KM + 35.5, abs=0.01)
+    assert float(km["odometer_km"]) == 35.5
+    assert [r["imei"] for r in idle] == [D2]
+    assert 14 <= float(idle[0]["idle_minutes"]) <= 16
+    assert D3 in {r["imei"] for r in still}
+    assert D4 not in {r["imei"] for r in still}
+    assert {r["imei"] for r in dispatch} == {D1, D2}
+
+
+@pytest.mark.parametrize(
+    ("plate", "expected"),
+    [
+        ("kca 123a", "KCA123A"),
+        ("K.C.A-123\u00a0A", "KCA123A"),
+        ("\ufeffKCA\u200b123\u2060A\u3000", "KCA123A"),
+        ("ＫＣＡ－１２３ａ", "KCA123A"),
+        ("KCA\u2212123A", "KCA123A"),
+        ("KIA 111", "KIA111"),
+        ("KOA 000", "KOA000"),
+        ("KCA_123/A", "KCA_123/A"),
+        ("ксa 1", "ксA1"),
+        (" \t-. ", None),
+    ],
+)
+async def test_normalize_plate(database_url, plate, expected):
+    conn = await asyncpg.connect(database_url)
+    try:
+        got = await conn.fetchval("SELECT reporting.normalize_plate($1)", plate)
+        null = await conn.fetchval("SELECT reporting.normalize_plate(NULL)")
+    finally:
+        await conn.close()
+    assert got == expected
+    assert null is None
+
+
+async def test_normalize_plate_never_merges_distinct_characters(database_url):
+    conn = await asyncpg.connect(database_url)
+    try:
+        merged = await conn.fetch(
+            "SELECT a, b FROM unnest($1::text[]) a, unnest($1::text[]) b "
+            "WHERE a < b "
+            "AND reporting.normalize_plate(a) = reporting.normalize_plate(b)",
+            ["I", "1", "l", "O", "0", "o", "Q", "S", "5", "B", "8", "Z", "2"],
+        )
+    finally:
+        await conn.close()
+    # Only a letter and its own lower case may meet.
+    assert [(r["a"], r["b"]) for r in merged] == [("O", "o")]
