@@ -43,6 +43,9 @@ DEFAULT_LOOP_GAP_S = 30.0
 
 PLATFORM_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
+# Float margin on window look-ups; the exact test is on the instants themselves.
+SLACK_S = 1e-3
+
 
 @dataclass(frozen=True)
 class TracePoint:
@@ -418,11 +421,13 @@ class Replay:
 
     def _passes(self, placed: _Placed, low_s: float, high_s: float) -> range:
         """Return the passes whose offsets [0, span] can meet [low_s, high_s]."""
+        if high_s < -SLACK_S:
+            return range(0)
         period = self.period_s(placed.trace)
         span = max(placed.max_delivery_s, placed.trace.duration_s)
-        first = max(0, math.floor((low_s - span) / period))
-        last = math.floor(high_s / period) if self.loop else 0
-        return range(first, max(first, last + 1) if high_s >= 0 else first)
+        first = max(0, math.floor((low_s - span - SLACK_S) / period))
+        last = math.floor((high_s + SLACK_S) / period) if self.loop else 0
+        return range(first, last + 1)
 
     def deliveries(self, since: datetime, until: datetime) -> list[Delivery]:
         """Return every fix delivered in (since, until], in delivery order."""
@@ -434,9 +439,8 @@ class Replay:
             last = len(placed.by_delivery) - 1
             for n in self._passes(placed, low, high):
                 base = n * self.period_s(trace)
-                # A little slack on the float window; the exact test is on instants.
-                i = bisect.bisect_left(placed.delivery_keys, low - base - 1e-3)
-                j = bisect.bisect_right(placed.delivery_keys, high - base + 1e-3)
+                i = bisect.bisect_left(placed.delivery_keys, low - base - SLACK_S)
+                j = bisect.bisect_right(placed.delivery_keys, high - base + SLACK_S)
                 for index in range(i, j):
                     point = placed.by_delivery[index]
                     at = self.instant(trace, n, point.delivery_offset_s)
@@ -469,8 +473,8 @@ class Replay:
         found = []
         for n in self._passes(placed, low, high):
             base = n * self.period_s(trace)
-            i = bisect.bisect_left(placed.fix_keys, low - base - 1e-3)
-            j = bisect.bisect_right(placed.fix_keys, high - base + 1e-3)
+            i = bisect.bisect_left(placed.fix_keys, low - base - SLACK_S)
+            j = bisect.bisect_right(placed.fix_keys, high - base + SLACK_S)
             for point in placed.by_fix[i:j]:
                 gps = self.instant(trace, n, point.offset_s)
                 delivered_at = self.instant(trace, n, point.delivery_offset_s)
@@ -489,7 +493,7 @@ class Replay:
         best: tuple[datetime, TracePoint] | None = None
         for n in self._passes(placed, now_s, now_s):
             base = n * self.period_s(trace)
-            j = bisect.bisect_right(placed.delivery_keys, now_s - base + 1e-3)
+            j = bisect.bisect_right(placed.delivery_keys, now_s - base + SLACK_S)
             # Step back over points the slack admitted but that arrive after now.
             while (
                 j
