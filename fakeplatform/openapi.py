@@ -43,7 +43,7 @@ MAX_ALARM_WINDOW = timedelta(days=31)
 TRACK_RETENTION = timedelta(days=92)
 MAX_IMEIS = 100
 MAX_ALARM_ROWS = 1000
-# A gap longer than this between two fixes ends a trip and starts a parking.
+# A silence longer than this between two fixes is a parking.
 TRIP_GAP = timedelta(minutes=5)
 EXPIRED_IMEI = fake_imei("expired-unit")
 # Request parameters the call record leaves out.
@@ -99,6 +99,8 @@ class FakeConfig:
     ignore_page_no: bool = False
     include_expired_device: bool = True
     overspeed_kmh: float = 80.0
+    # A standstill this long is a parking and ends a trip.
+    parking_min_seconds: float = 120.0
 
     def update(self, changes: dict[str, Any]) -> None:
         known = {f.name for f in fields(self)}
@@ -173,17 +175,47 @@ def _distance_km(points: list[tuple[datetime, TracePoint]]) -> float:
     return total
 
 
-def _stretches(
-    fixes: list[tuple[datetime, TracePoint]],
-) -> list[list[tuple[datetime, TracePoint]]]:
-    """Split fixes into runs without a gap longer than TRIP_GAP."""
-    runs: list[list[tuple[datetime, TracePoint]]] = []
-    for fix in fixes:
-        if runs and fix[0] - runs[-1][-1][0] <= TRIP_GAP:
-            runs[-1].append(fix)
-        else:
-            runs.append([fix])
-    return runs
+Fix = tuple[datetime, TracePoint]
+
+
+def _stopped(fix: Fix) -> bool:
+    return (fix[1].speed_kmh or 0.0) < 1.0
+
+
+def _split(fixes: list[Fix], min_stop: timedelta) -> tuple[list[list[Fix]], list]:
+    """Return the trips (runs of fixes between stops) and the stops (first, last).
+
+    A stop is a standstill lasting at least ``min_stop``, or a silence longer
+    than TRIP_GAP between two fixes.
+    """
+    bounds: list[tuple[int, int]] = []
+    i = 0
+    while i < len(fixes):
+        j = i
+        while (
+            _stopped(fixes[i])
+            and j + 1 < len(fixes)
+            and _stopped(fixes[j + 1])
+            and fixes[j + 1][0] - fixes[j][0] <= TRIP_GAP
+        ):
+            j += 1
+        if _stopped(fixes[i]) and fixes[j][0] - fixes[i][0] >= min_stop:
+            bounds.append((i, j))
+        i = j + 1
+    bounds += [
+        (k, k + 1)
+        for k in range(len(fixes) - 1)
+        if fixes[k + 1][0] - fixes[k][0] > TRIP_GAP
+    ]
+    bounds.sort()
+    trips, start = [], 0
+    for first, last in bounds:
+        if first > start:
+            trips.append(fixes[start : first + 1])
+        start = max(start, last)
+    if start < len(fixes) - 1:
+        trips.append(fixes[start:])
+    return trips, [(fixes[a], fixes[b]) for a, b in bounds]
 
 
 class FakeOpenApi:
@@ -623,9 +655,8 @@ class FakeOpenApi:
             if imei not in self._traces:
                 continue
             total = 0.0
-            for run in _stretches(self._fixes(imei, begin, end)):
-                if len(run) < 2:
-                    continue
+            trips_of, _ = _split(self._fixes(imei, begin, end), self._min_stop)
+            for run in trips_of:
                 km = _distance_km(run)
                 total += km
                 seconds = int((run[-1][0] - run[0][0]).total_seconds())
@@ -647,6 +678,10 @@ class FakeOpenApi:
                 )
             totals.append({"imei": imei, "totalMileage": round(total * scale, 3)})
         return {"code": 0, "message": "success", "result": trips, "data": totals}
+
+    @property
+    def _min_stop(self) -> timedelta:
+        return timedelta(seconds=self.config.parking_min_seconds)
 
     def _alarms(self, imei: str, begin: datetime, end: datetime) -> list[dict]:
         trace = self._traces[imei]
@@ -737,9 +772,8 @@ class FakeOpenApi:
             trace = self._traces.get(imei)
             if trace is None:
                 continue
-            runs = _stretches(self._fixes(imei, begin, end))
-            for before, after in zip(runs, runs[1:], strict=False):
-                stop, go = before[-1], after[0]
+            _, stops = _split(self._fixes(imei, begin, end), self._min_stop)
+            for stop, go in stops:
                 seconds = int((go[0] - stop[0]).total_seconds())
                 rows.append(
                     {
