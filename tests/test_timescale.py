@@ -1,0 +1,235 @@
+"""The TimescaleDB branch of the migrations, against plain PostgreSQL.
+
+TimescaleDB cannot be installed into the test server, so this runs a real
+TimescaleDB 2.23 on PostgreSQL 17 compiled to WASM (PGlite, served over the wire
+protocol by migrations/pglite/server.mjs). It needs node and npm; the packages
+are installed once under .fleetstream/pglite. PGlite serves one connection at a
+time, shares one session between successive connections (hence no statement
+cache), never answers a polite close (hence terminate) and runs no background
+jobs (hence policies are run by hand).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import asyncpg
+import pytest
+from test_reporting_functions import (
+    D1,
+    LIVE_QUERY,
+    MILEAGE_QUERY,
+    TRACK_QUERY,
+    TRIP_CASES,
+    TRIPS_QUERY,
+    expected_mileage,
+    seed_fleet,
+)
+
+from fleetstream.embedded import free_port
+from migrations.runner import ROOT, migrate
+
+REPO = Path(__file__).resolve().parents[1]
+HARNESS = ROOT / "pglite"
+INSTALL_DIR = REPO / ".fleetstream" / "pglite"
+CAGG = "tracksolid.v_mileage_daily_cagg"
+
+
+def install_pglite() -> Path:
+    """Install the PGlite packages once; fail the run when that is impossible."""
+    for tool in ("node", "npm"):
+        if shutil.which(tool) is None:
+            pytest.fail(
+                f"{tool} is not on PATH; the TimescaleDB test needs node and npm"
+            )
+    INSTALL_DIR.mkdir(parents=True, exist_ok=True)
+    for name in ("package.json", "server.mjs"):
+        shutil.copy(HARNESS / name, INSTALL_DIR / name)
+    marker = INSTALL_DIR / "node_modules" / "@electric-sql" / "pglite-socket"
+    if not marker.exists():
+        result = subprocess.run(
+            [
+                "npm",
+                "install",
+                "--ignore-scripts",
+                "--legacy-peer-deps",
+                "--no-audit",
+                "--no-fund",
+            ],
+            cwd=INSTALL_DIR,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if result.returncode != 0:
+            pytest.fail(
+                "npm install of the PGlite TimescaleDB packages failed "
+                f"(exit {result.returncode}):\n{result.stderr[-3000:]}"
+            )
+    return INSTALL_DIR
+
+
+@pytest.fixture(scope="module")
+def pglite_url(tmp_path_factory):
+    """Yield the URL of a fresh TimescaleDB served by PGlite."""
+    folder = install_pglite()
+    port = free_port()
+    log = tmp_path_factory.mktemp("pglite") / "server.log"
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            ["node", "server.mjs"],
+            cwd=folder,
+            env={**os.environ, "PORT": str(port)},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 90
+        while f"ready {port}" not in log.read_text():
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"PGlite server did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield f"postgresql://postgres:pglite@127.0.0.1:{port}/postgres?sslmode=disable"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+async def timescale(pglite_url):
+    """Yield the plans of a first and a second migration, then one connection."""
+    first = await migrate(pglite_url)
+    second = await migrate(pglite_url)
+    conn = await asyncpg.connect(pglite_url, statement_cache_size=0)
+    try:
+        await seed_fleet(conn)
+        yield first, second, conn
+    finally:
+        conn.terminate()
+
+
+@pytest.fixture
+async def plain(database_url):
+    conn = await asyncpg.connect(database_url)
+    await seed_fleet(conn)
+    yield conn
+    await conn.close()
+
+
+async def test_timescaledb_branch_migrates_and_reruns_cleanly(timescale):
+    first, second, conn = timescale
+
+    hypertables = await conn.fetch(
+        "SELECT hypertable_name FROM timescaledb_information.hypertables "
+        "ORDER BY hypertable_name"
+    )
+    cagg = await conn.fetchrow(
+        "SELECT materialized_only FROM timescaledb_information.continuous_aggregates "
+        "WHERE view_name = 'v_mileage_daily_cagg'"
+    )
+    jobs = await conn.fetchval(
+        "SELECT count(*) FROM timescaledb_information.jobs "
+        "WHERE hypertable_name = 'v_mileage_daily_cagg' "
+        "AND proc_name = 'policy_refresh_continuous_aggregate'"
+    )
+
+    assert first[0] == "create extension timescaledb"
+    assert "versioned 0003_time_series.timescaledb.sql" in first
+    assert "repeatable 051_mileage_daily.timescaledb.sql" in first
+    assert not any(".postgres." in step for step in first)
+    assert second == ["ensure_partitions 3 months: 0 created"]
+    assert [row["hypertable_name"] for row in hypertables] == [
+        "fuel_readings",
+        "heartbeats",
+        "position_history",
+        "temperature_readings",
+    ]
+    assert cagg["materialized_only"] is False
+    assert jobs == 1
+
+
+@pytest.mark.parametrize(("args", "expected"), TRIP_CASES)
+async def test_trips_for_map_match(timescale, plain, args, expected):
+    conn = timescale[2]
+
+    on_timescale = [row["trip_id"] for row in await conn.fetch(TRIPS_QUERY, *args)]
+    on_postgres = [row["trip_id"] for row in await plain.fetch(TRIPS_QUERY, *args)]
+
+    assert on_timescale == on_postgres == expected
+
+
+@pytest.mark.parametrize(
+    "filters", [(None, None), ("Nairobi Dairy", None), (None, "on"), ("x", "off")]
+)
+async def test_live_positions_match(timescale, plain, filters):
+    conn = timescale[2]
+
+    on_timescale = [tuple(row) for row in await conn.fetch(LIVE_QUERY, *filters)]
+    on_postgres = [tuple(row) for row in await plain.fetch(LIVE_QUERY, *filters)]
+
+    assert on_timescale == on_postgres
+
+
+@pytest.mark.parametrize(("vehicle", "hours"), [("kca 123a", 24), (D1, 3), ("X", 9)])
+async def test_vehicle_track_matches(timescale, plain, vehicle, hours):
+    conn = timescale[2]
+
+    # Both trails were seeded relative to each server's own clock.
+    on_timescale = [
+        (r["lat"], r["lng"]) for r in await conn.fetch(TRACK_QUERY, vehicle, hours)
+    ]
+    on_postgres = [
+        (r["lat"], r["lng"]) for r in await plain.fetch(TRACK_QUERY, vehicle, hours)
+    ]
+
+    assert on_timescale == on_postgres
+    assert len(on_postgres) == {24: 143, 3: 17, 9: 0}[hours]
+
+
+async def test_daily_mileage_matches_real_time_then_materialised(timescale, plain):
+    conn = timescale[2]
+    expected = [tuple(row) for row in await plain.fetch(MILEAGE_QUERY)]
+
+    real_time = [tuple(row) for row in await conn.fetch(MILEAGE_QUERY)]
+    await conn.execute(f"CALL refresh_continuous_aggregate('{CAGG}', NULL, NULL)")
+    materialised = [tuple(row) for row in await conn.fetch(MILEAGE_QUERY)]
+    job = await conn.fetchval(
+        "SELECT job_id FROM timescaledb_information.jobs "
+        "WHERE hypertable_name = 'v_mileage_daily_cagg'"
+    )
+    await conn.execute(f"CALL run_job({job})")
+    after_policy = [tuple(row) for row in await conn.fetch(MILEAGE_QUERY)]
+
+    assert real_time == materialised == after_policy == expected
+    assert [(r[0], str(r[1]), r[2], float(r[3]), r[4]) for r in expected] == (
+        expected_mileage()
+    )
+
+
+async def test_late_fix_reaches_daily_mileage_after_refresh(timescale, plain):
+    conn = timescale[2]
+    late = (
+        "INSERT INTO tracksolid.position_history (imei, gps_time, lat, lng, speed_kmh,"
+        f" pos_type, source, origin, received_at) VALUES ('{D1}', "
+        "'2026-03-10 04:59+00', -1.009, 36.9, 60, 'GPS', 'backfill', "
+        "'jimi.device.track.list', now()) ON CONFLICT DO NOTHING"
+    )
+    await conn.execute(f"CALL refresh_continuous_aggregate('{CAGG}', NULL, NULL)")
+
+    for db in (conn, plain):
+        await db.execute(late)
+    await plain.execute(
+        "SELECT tracksolid.refresh_mileage_daily('2026-03-09', '2026-03-11')"
+    )
+    await conn.execute(
+        f"CALL refresh_continuous_aggregate('{CAGG}', '2026-03-09', '2026-03-11')"
+    )
+    on_timescale = [tuple(row) for row in await conn.fetch(MILEAGE_QUERY)]
+    on_postgres = [tuple(row) for row in await plain.fetch(MILEAGE_QUERY)]
+
+    assert on_timescale == on_postgres
+    assert on_postgres[0][2] == expected_mileage()[0][2] + 1
