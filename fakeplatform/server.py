@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from fakeplatform.openapi import FakeConfig, FakeOpenApi
+from fakeplatform.pusher import pusher_from_settings
 from fakeplatform.traces import Replay, load_traces
 from fleetstream.embedded import free_port
 from fleetstream.runtime import run_until_stopped
@@ -133,7 +134,7 @@ def config_from(settings: Settings) -> FakeConfig:
 
 
 def main(settings: Settings) -> None:
-    """Serve the fake platform on the configured host and port until stopped."""
+    """Serve the Open API, and push to ``fake_push_url`` when set, until stopped."""
 
     async def run(stop: asyncio.Event) -> None:
         start = datetime.now(UTC) - HISTORY_AT_START
@@ -144,8 +145,12 @@ def main(settings: Settings) -> None:
             settings.fake_platform_host,
             settings.fake_platform_port,
         )
+        pusher = pusher_from_settings(replay, settings)
         async with platform:
-            await stop.wait()
+            if pusher is None:
+                await stop.wait()
+            else:
+                await pusher.run(stop)
         logger.info("fake platform stopped after %d calls", len(platform.api.calls))
 
     run_until_stopped(run)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
+import signal
+import sys
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,6 +18,7 @@ import pytest
 from fakeplatform.openapi import EXPIRED_IMEI, FakeConfig, fake_sign
 from fakeplatform.server import FakePlatform
 from fakeplatform.traces import history_replay, load_traces
+from fleetstream.embedded import free_port
 from producers.client import format_time, sign
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tracksolid"
@@ -333,3 +338,49 @@ async def test_fault_injection_and_token_budget(fake):
     ).json()
     assert calls and all("access_token" not in c["params"] for c in calls)
     assert all("user_pwd_md5" not in c["params"] for c in calls)
+
+
+async def test_fake_platform_command_serves_until_sigterm():
+    port = free_port()
+    env = {
+        **os.environ,
+        "FLEETSTREAM_ENVIRONMENT": "test",
+        "FLEETSTREAM_FAKE_PLATFORM_PORT": str(port),
+        "FLEETSTREAM_FAKE_PUSH_URL": "",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "fleetstream.cli",
+        "fake-platform",
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    config = FakeConfig()
+    form = {
+        "method": "jimi.oauth.token.get",
+        "timestamp": format_time(datetime.now(UTC)),
+        "app_key": config.app_key,
+        "v": "1.0",
+        "user_id": config.user_id,
+        "user_pwd_md5": config.user_pwd_md5,
+    }
+    form["sign"] = sign(form, config.app_secret)
+    body = None
+    async with httpx.AsyncClient() as http:
+        for _ in range(100):
+            try:
+                response = await http.post(
+                    f"http://127.0.0.1:{port}/route/rest", data=form
+                )
+                body = response.json()
+                break
+            except httpx.TransportError:
+                await asyncio.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = await asyncio.wait_for(process.communicate(), 20)
+
+    assert body is not None and body["code"] == 0, stderr.decode()[-2000:]
+    assert len(body["result"]["accessToken"]) == 32
+    assert process.returncode == 0
+    assert "fake platform stopped after 1 calls" in stderr.decode()

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import sys
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -381,3 +384,48 @@ async def test_backfill_resumes_without_gaps_or_duplicates(
     assert published == expected
     progress = [r.getMessage() for r in caplog.records if "windows/min" in r.message]
     assert progress and progress[-1].split(": ")[1].startswith("7/7 windows")
+
+
+async def test_poll_command_runs_until_sigterm(make_settings, database_url):
+    traces = load_traces(["truck-B"])
+    replay = Replay(traces, datetime.now(UTC) - timedelta(minutes=5))
+    async with FakePlatform(FakeConfig(), replay) as fake:
+        settings = poll_settings(make_settings, database_url, fake)
+        await ensure_topics(settings)
+        config = fake.api.config
+        env = {
+            **os.environ,
+            "FLEETSTREAM_ENVIRONMENT": "test",
+            "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+            "FLEETSTREAM_BROKER_PROFILE": settings.broker_profile,
+            "DATABASE_URL": database_url,
+            "FLEETSTREAM_TOPIC_PREFIX": settings.topic_prefix,
+            "FLEETSTREAM_TRACKSOLID_BASE_URL": fake.base_url,
+            "FLEETSTREAM_TRACKSOLID_APP_KEY": config.app_key,
+            "FLEETSTREAM_TRACKSOLID_APP_SECRET": config.app_secret,
+            "FLEETSTREAM_TRACKSOLID_USER_ID": config.user_id,
+            "FLEETSTREAM_TRACKSOLID_USER_PWD_MD5": config.user_pwd_md5,
+        }
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "fleetstream.cli",
+            "poll",
+            env=env,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            methods = {c.method for c in fake.api.calls if c.code == 0}
+            if {TRACK_LIST, TRACK_MILEAGE, ALARM_LIST} <= methods:
+                break
+            await asyncio.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+
+    assert process.returncode == 0, stderr.decode()[-2000:]
+    assert "poll worker stopped" in stderr.decode()
+    assert {TRACK_LIST, TRACK_MILEAGE, ALARM_LIST} <= methods
+    kinds = Counter(e["origin"] for e in await read_raw(settings, "position"))
+    assert kinds["jimi.user.device.location.list"] >= 1
+    assert kinds[TRACK_LIST] > 0
