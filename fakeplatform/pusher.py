@@ -161,6 +161,15 @@ def alarm_record(delivery: Delivery, shape: str) -> dict[str, Any]:
     }
 
 
+def _acknowledged(response: httpx.Response) -> bool:
+    """Return whether a 200 reply carries the platform's success code 0."""
+    try:
+        reply = response.json()
+    except ValueError:
+        return False
+    return isinstance(reply, dict) and reply.get("code") == 0
+
+
 class Pusher:
     """Push what a replay delivers to one receiver, round after round."""
 
@@ -281,7 +290,7 @@ class Pusher:
             except httpx.HTTPError as exc:
                 logger.debug("push to /%s failed: %s", label, type(exc).__name__)
                 continue
-            if response.status_code == 200 and response.json().get("code") == 0:
+            if response.status_code == 200 and _acknowledged(response):
                 outcome = "accepted"
                 break
             outcome = "refused"
