@@ -378,6 +378,7 @@ class Replay:
     can fall in the same platform second. Pass ``n`` of a looping trace is shifted
     by ``n * (duration_s + gap_s)`` trace seconds, so fix times strictly advance
     from one pass to the next while late deliveries may overlap the next pass.
+    ``starts`` gives named traces their own start instant instead of ``start``.
     """
 
     def __init__(
