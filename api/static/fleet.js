@@ -75,7 +75,9 @@
         }).addTo(layer);
       }
     }
-    if (layer.getLayers().length) map.fitBounds(layer.getBounds(), { padding: [30, 30] });
+    if (layer.getLayers().length) {
+      map.fitBounds(layer.getBounds(), { padding: [30, 30], animate: false });
+    }
   }
 
   function showSummary(summary) {

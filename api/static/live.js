@@ -98,7 +98,8 @@
     );
   }
 
-  async function drawTrack(vehicle) {
+  // ``frame`` zooms to the track, done when a vehicle is chosen, not on updates.
+  async function drawTrack(vehicle, frame = false) {
     const hint = document.getElementById("vehicle-hint");
     if (!vehicle.vehicle_number) {
       hint.textContent = "This device has no plate, so its track cannot be asked for.";
@@ -114,6 +115,10 @@
       const points = body.points.map((point) => [point.lat, point.lng]);
       track = L.polyline(points, { color: "#1f6feb", weight: 4, className: "track" });
       track.addTo(map);
+      if (frame) {
+        const bounds = L.latLngBounds([...points, [vehicle.lat, vehicle.lng]]);
+        map.fitBounds(bounds, { padding: [60, 60], maxZoom: 16, animate: false });
+      }
       hint.setAttribute("data-track-points", points.length);
       hint.setAttribute("data-track-plate", vehicle.vehicle_number);
       hint.textContent = `${points.length} points in the last ${trackHours.value} h.`;
@@ -128,7 +133,7 @@
     selected = imei;
     for (const other of markers.values()) other.marker.setIcon(icon(other.vehicle));
     showFacts(known.vehicle);
-    drawTrack(known.vehicle);
+    drawTrack(known.vehicle, true);
   }
 
   async function refresh() {
@@ -148,7 +153,11 @@
       listVehicles();
       if (selected && markers.has(selected)) showFacts(markers.get(selected).vehicle);
       if (!framed && vehicles.length) {
-        map.fitBounds(vehicles.map((v) => [v.lat, v.lng]), { padding: [40, 40], maxZoom: 15 });
+        // Not animated: Leaflet ignores a new view (a chosen vehicle's track) asked
+        // for while a zoom animation runs.
+        map.fitBounds(vehicles.map((v) => [v.lat, v.lng]), {
+          padding: [40, 40], maxZoom: 15, animate: false,
+        });
         framed = true;
       }
       document.body.setAttribute("data-vehicles", vehicles.length);
@@ -158,11 +167,30 @@
     }
   }
 
+  // A link may name a vehicle (?vehicle=<plate or IMEI>) to open with its track;
+  // the API matches the plate however it is spelt and answers with its own form.
+  async function selectFromLink() {
+    const wanted = new URLSearchParams(window.location.search).get("vehicle");
+    if (!wanted) return;
+    const query = new URLSearchParams({ vehicle_number: wanted, hours: 1 });
+    try {
+      const body = await Fleet.requestJSON(`/webhook/live-positions/track?${query}`);
+      for (const [imei, known] of markers) {
+        const plate = known.vehicle.vehicle_number || imei;
+        if (plate === body.vehicle_number) return select(imei);
+      }
+      Fleet.setStatus(`${body.vehicle_number} has no position on the map`, true);
+    } catch (error) {
+      Fleet.setStatus(`vehicle ${wanted}: ${error.message}`, true);
+    }
+  }
+
   costCentre.addEventListener("change", refresh);
   accStatus.addEventListener("change", refresh);
   trackHours.addEventListener("change", () => {
     if (selected && markers.has(selected)) drawTrack(markers.get(selected).vehicle);
   });
   await refresh();
+  await selectFromLink();
   setInterval(refresh, Math.max(1, config.live_poll_seconds) * 1000);
 })();
