@@ -123,6 +123,8 @@ class Settings(BaseSettings):
     # API
     api_host: str = "0.0.0.0"
     api_port: int = 8890
+    # Worker processes of the API; each reads its settings from the environment.
+    api_workers: int = 1
     vtrips_refresh_interval_seconds: float = 300.0
     # Map background tiles, e.g. "https://tile.example.org/{z}/{x}/{y}.png"; empty
     # draws a plain background (no tile server is reachable offline).
