@@ -20,6 +20,7 @@ from fastapi.staticfiles import StaticFiles
 
 from api import health, maps, routes
 from api.refresh import run_refresh_loop
+from fleetstream import logs
 from fleetstream.db import create_pool
 from fleetstream.settings import Settings, get_settings
 
@@ -83,22 +84,36 @@ def create_app(settings: Settings, *, refresh_views: bool = True) -> FastAPI:
 
 
 def app_from_environment() -> FastAPI:
-    """Return the API configured from the environment (for ``uvicorn --factory``).
+    """Return the API configured from the environment, for one worker process.
 
-    Several workers, e.g. ``uvicorn --factory api.app:app_from_environment
-    --workers 2``, each run the refresh loop; the advisory lock keeps the refresh
-    to one of them.
+    ``fleetstream api`` with ``FLEETSTREAM_API_WORKERS=2`` (or ``uvicorn --factory
+    api.app:app_from_environment --workers 2``) starts one per worker; each runs
+    the refresh loop and the advisory lock keeps the refresh to one of them.
     """
-    return create_app(get_settings())
+    settings = get_settings()
+    logs.configure(settings.log_level, stage="api")
+    return create_app(settings)
 
 
 def main(settings: Settings) -> None:
-    """Serve the API on ``settings.api_host:api_port`` until SIGTERM or SIGINT."""
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.api_host,
-        port=settings.api_port,
-        log_config=None,
-        proxy_headers=True,
-    )
-    uvicorn.Server(config).run()
+    """Serve the API on ``settings.api_host:api_port`` until SIGTERM or SIGINT.
+
+    With several workers uvicorn starts fresh processes, which read their
+    settings from the environment rather than from ``settings``.
+    """
+    options = {
+        "host": settings.api_host,
+        "port": settings.api_port,
+        "log_config": None,
+        "proxy_headers": True,
+    }
+    if settings.api_workers > 1:
+        logger.info("starting %d api workers", settings.api_workers)
+        uvicorn.run(
+            f"{__name__}:app_from_environment",
+            factory=True,
+            workers=settings.api_workers,
+            **options,
+        )
+        return
+    uvicorn.Server(uvicorn.Config(create_app(settings), **options)).run()

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import httpx
 import pytest
 
 from api.refresh import (
@@ -16,6 +20,7 @@ from api.refresh import (
     run_refresh_loop,
 )
 from fleetstream.db import create_pool
+from fleetstream.embedded import free_port
 
 IMEI = "860000000000001"
 
@@ -155,3 +160,43 @@ async def test_refresh_recreates_missing_partitions(db, pools):
     await refresh_once(pools[0], 300)
 
     assert await db.fetchval("SELECT to_regclass($1)", f"tracksolid.{newest}")
+
+
+async def test_two_api_worker_processes_refresh_once_per_interval(db, settings):
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "FLEETSTREAM_ENVIRONMENT": "test",
+        "FLEETSTREAM_API_HOST": "127.0.0.1",
+        "FLEETSTREAM_API_PORT": str(port),
+        "FLEETSTREAM_API_WORKERS": "2",
+        "FLEETSTREAM_VTRIPS_REFRESH_INTERVAL_SECONDS": "1",
+        "FLEETSTREAM_DB_POOL_MAX_SIZE": "2",
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "fleetstream.cli", "api"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        async with httpx.AsyncClient() as http:
+            for _ in range(150):
+                try:
+                    if (await http.get(f"http://127.0.0.1:{port}/healthz")).is_success:
+                        break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.1)
+        await asyncio.sleep(4)
+    finally:
+        server.terminate()
+        _, errors = server.communicate(timeout=30)
+
+    assert errors.count("api ready") == 2, errors[-2000:]
+    assert errors.count("refresh loop stopped") == 2
+    started = [row["started_at"] for row in await log_rows(db, TRIPS_VIEW)]
+    assert len(started) >= 3
+    gaps = [(b - a).total_seconds() for a, b in zip(started, started[1:], strict=False)]
+    assert min(gaps) >= 0.5
