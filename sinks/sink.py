@@ -139,11 +139,11 @@ class Sink:
     async def _consume(self, stop: asyncio.Event) -> None:
         next_report = time.monotonic() + self.stats_interval_seconds
         while not stop.is_set():
-            batch = await self._collect(stop)
+            batch, began = await self._collect(stop)
             if batch:
                 try:
                     async with self._batch_lock:
-                        await self._handle(batch, stop)
+                        await self._handle(batch, began, stop)
                 except Stopping:
                     logger.info(
                         "sink %s: stopped while retrying; %d records not committed, "
@@ -156,12 +156,17 @@ class Sink:
                 logger.info("%s", self.stats.summary())
                 next_report = time.monotonic() + self.stats_interval_seconds
 
-    async def _collect(self, stop: asyncio.Event) -> list[ConsumerRecord]:
-        """Return the next batch: empty when nothing arrived within the wait."""
+    async def _collect(self, stop: asyncio.Event) -> tuple[list[ConsumerRecord], float]:
+        """Return the next batch and when its first records arrived.
+
+        The batch is empty when nothing arrived within the wait; otherwise it
+        closes at the record limit or the wait after its first records.
+        """
         limit = self.settings.sink_batch_max_records
         wait = self.settings.sink_batch_max_wait_ms / 1000
         batch: list[ConsumerRecord] = []
-        deadline = time.monotonic() + wait
+        began = time.monotonic()
+        deadline = began + wait
         while len(batch) < limit and not stop.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0 and batch:
@@ -169,14 +174,18 @@ class Sink:
             fetched = await self._consumer.getmany(
                 timeout_ms=max(int(remaining * 1000), 0), max_records=limit - len(batch)
             )
+            if fetched and not batch:
+                began = time.monotonic()
+                deadline = began + wait
             for records in fetched.values():
                 batch.extend(records)
             if not batch:
-                return batch
-        return batch
+                break
+        return batch, began
 
-    async def _handle(self, batch: list[ConsumerRecord], stop: asyncio.Event) -> None:
-        started = time.monotonic()
+    async def _handle(
+        self, batch: list[ConsumerRecord], began: float, stop: asyncio.Event
+    ) -> None:
         rows, sources, dead = self._decode(batch)
 
         changed, rejected = await self._retrying(stop, "database", self._write, rows)
@@ -190,9 +199,7 @@ class Sink:
             tp = TopicPartition(record.topic, record.partition)
             self._pending[tp] = max(self._pending.get(tp, 0), record.offset + 1)
         await self._retrying(stop, "group coordinator", self._commit_pending)
-        self.stats.observe_batch(
-            len(batch), changed, len(dead), time.monotonic() - started
-        )
+        self.stats.observe_batch(len(batch), changed, len(dead), began)
 
     def _decode(
         self, batch: list[ConsumerRecord]

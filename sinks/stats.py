@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 
@@ -24,11 +25,19 @@ class SinkStats:
     batch_seconds_total: float = 0.0
     batch_seconds_max: float = 0.0
     rows_by_table: dict[str, int] = field(default_factory=dict)
+    # time.monotonic() when the first batch began and the last one committed.
+    first_batch_at: float | None = None
+    last_commit_at: float | None = None
 
     def observe_batch(
-        self, records: int, rows: dict[str, int], dead: int, seconds: float
+        self, records: int, rows: dict[str, int], dead: int, started: float
     ) -> None:
-        """Count one committed batch."""
+        """Count one batch committed now that began at monotonic ``started``."""
+        now = time.monotonic()
+        seconds = now - started
+        if self.first_batch_at is None:
+            self.first_batch_at = started
+        self.last_commit_at = now
         self.batches += 1
         self.records += records
         for table, count in rows.items():

@@ -1,11 +1,20 @@
 """Write one batch of rows into a sink's tables in a single transaction.
 
-Rows are copied into a temporary staging table, then moved into every target
-with one ``INSERT ... SELECT ... ON CONFLICT`` on the target's natural key, so
-writing the same rows again changes nothing. When PostgreSQL rejects the batch
-for a row's data (a constraint, a value out of range), the batch is split in
-halves under savepoints until the offending rows stand alone; they are returned
-as rejected and every other row is still written in the same transaction.
+Every target is written on its natural key, so writing the same rows again
+changes nothing:
+
+- an append-only table first gets the batch's distinct keys by a plain ``COPY``,
+  the fast path while keys are new; when a key already exists the copy fails as
+  a whole and the rows go through a staging table and ``INSERT ... SELECT ... ON
+  CONFLICT DO NOTHING`` instead, which stays the path until a batch brings only
+  new keys again;
+- a newest-row table gets the newest row of each key in the batch through the
+  staging table and ``ON CONFLICT DO UPDATE ... WHERE`` the row is newer.
+
+When PostgreSQL rejects the batch for a row's data (a constraint, a value out of
+range), the batch is split in halves under savepoints until the offending rows
+stand alone; they are returned as rejected and every other row is still written
+in the same transaction.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 
 import asyncpg
 
@@ -58,7 +68,6 @@ def target_sql(target: Target, columns: Sequence[str], stage: str) -> str:
     key = ", ".join(quote(c) for c in target.key)
     table = quote(target.table)
     if isinstance(target.rule, Append):
-        # DO NOTHING also absorbs duplicates inside the batch itself.
         return (
             f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} "
             f"ON CONFLICT ({key}) DO NOTHING"
@@ -67,12 +76,9 @@ def target_sql(target: Target, columns: Sequence[str], stage: str) -> str:
     updates = ", ".join(
         f"{quote(c)} = EXCLUDED.{quote(c)}" for c in columns if c not in target.key
     )
-    # DO UPDATE may touch a row only once per statement, hence one row per key,
-    # the newest; the WHERE keeps a late or replayed row from going backwards.
+    # The WHERE keeps a late or replayed row from moving a key backwards.
     return (
-        f"INSERT INTO {table} AS cur ({cols}) "
-        f"SELECT DISTINCT ON ({key}) {cols} FROM {stage} "
-        f"ORDER BY {key}, {order} DESC "
+        f"INSERT INTO {table} AS cur ({cols}) SELECT {cols} FROM {stage} "
         f"ON CONFLICT ({key}) DO UPDATE SET {updates} "
         f"WHERE cur.{order} IS NULL OR EXCLUDED.{order} > cur.{order}"
     )
@@ -81,6 +87,90 @@ def target_sql(target: Target, columns: Sequence[str], stage: str) -> str:
 def affected(status: str) -> int:
     """Return the row count of a command status such as ``INSERT 0 12``."""
     return int(status.rsplit(" ", 1)[-1])
+
+
+def first_per_key(rows: Sequence[tuple], key) -> list[tuple]:
+    """Return the first row of each key, in batch order."""
+    seen: dict[tuple, tuple] = {}
+    for row in rows:
+        seen.setdefault(key(row), row)
+    return list(seen.values())
+
+
+def newest_per_key(rows: Sequence[tuple], key, order: int) -> list[tuple]:
+    """Return the row of each key with the greatest ``row[order]``; null is oldest.
+
+    ``ON CONFLICT DO UPDATE`` may touch a row only once per statement, so a
+    batch holding a key twice must be reduced first; among equals the earliest
+    row stays, as the table itself keeps a row against an equal newcomer.
+    """
+    newest: dict[tuple, tuple] = {}
+    for row in rows:
+        k = key(row)
+        held = newest.get(k)
+        if held is None or (
+            row[order] is not None and (held[order] is None or row[order] > held[order])
+        ):
+            newest[k] = row
+    return list(newest.values())
+
+
+class _Stage:
+    """The connection's temporary staging table; emptied at every commit."""
+
+    def __init__(self, name: str, columns: Sequence[str]) -> None:
+        self.name = name
+        self.columns = columns
+        self.dirty = False
+
+    async def load(self, conn: asyncpg.Connection, rows: Sequence[tuple]) -> None:
+        if self.dirty:
+            await conn.execute(f"TRUNCATE {self.name}")
+        await conn.copy_records_to_table(self.name, records=rows, columns=self.columns)
+        self.dirty = True
+
+
+class _Plan:
+    """How one target is written from a chunk of rows."""
+
+    def __init__(self, target: Target, columns: Sequence[str], stage: _Stage) -> None:
+        self.target = target
+        self.columns = columns
+        self.stage = stage
+        self.statement = target_sql(target, columns, stage.name)
+        self.key = itemgetter(*(columns.index(c) for c in target.key))
+        if len(target.key) == 1:
+            only = self.key
+            self.key = lambda row: (only(row),)
+        self.append = isinstance(target.rule, Append)
+        self.order = None if self.append else columns.index(target.rule.order_by)
+        # Whether the next chunk tries the plain COPY first (append-only only).
+        self.direct = self.append
+
+    async def write(self, conn: asyncpg.Connection, rows: Sequence[tuple]) -> int:
+        if not self.append:
+            return await self._staged(conn, newest_per_key(rows, self.key, self.order))
+        unique = first_per_key(rows, self.key)
+        if self.direct:
+            schema, _, table = self.target.table.rpartition(".")
+            try:
+                async with conn.transaction():
+                    await conn.copy_records_to_table(
+                        table,
+                        schema_name=schema or None,
+                        records=unique,
+                        columns=self.columns,
+                    )
+                return len(unique)
+            except asyncpg.UniqueViolationError:
+                self.direct = False
+        inserted = await self._staged(conn, unique)
+        self.direct = inserted == len(unique)
+        return inserted
+
+    async def _staged(self, conn: asyncpg.Connection, rows: Sequence[tuple]) -> int:
+        await self.stage.load(conn, rows)
+        return affected(await conn.execute(self.statement))
 
 
 class BatchWriter:
@@ -92,9 +182,8 @@ class BatchWriter:
 
     def __init__(self, spec: SinkSpec) -> None:
         self.spec = spec
-        self.stage = f"fs_stage_{spec.kind}"
-        self._statements: list[tuple[str, str]] = []
-        self._stage_dirty = False
+        self._stage = _Stage(f"fs_stage_{spec.kind}", spec.columns)
+        self._plans = [_Plan(t, spec.columns, self._stage) for t in spec.targets]
 
     async def prepare(self, conn: asyncpg.Connection) -> None:
         """Check the targets' columns and create the staging table."""
@@ -114,13 +203,9 @@ class BatchWriter:
         # checks, where a rejected row can be told apart from the rest.
         definition = ", ".join(f"{quote(c)} {types[c]}" for c in self.spec.columns)
         await conn.execute(
-            f"CREATE TEMPORARY TABLE IF NOT EXISTS {self.stage} ({definition}) "
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {self._stage.name} ({definition}) "
             "ON COMMIT DELETE ROWS"
         )
-        self._statements = [
-            (target.table, target_sql(target, self.spec.columns, self.stage))
-            for target in self.spec.targets
-        ]
 
     async def write(
         self, conn: asyncpg.Connection, rows: Sequence[tuple]
@@ -132,7 +217,7 @@ class BatchWriter:
         """
         rejected: list[Rejected] = []
         changed = dict.fromkeys((t.table for t in self.spec.targets), 0)
-        self._stage_dirty = False
+        self._stage.dirty = False
         async with conn.transaction():
             await self._write_isolating(conn, rows, 0, changed, rejected)
         return changed, rejected
@@ -145,10 +230,15 @@ class BatchWriter:
         changed: dict[str, int],
         rejected: list[Rejected],
     ) -> None:
+        # Rolling back to the savepoint restores the stage as it was before.
+        dirty = self._stage.dirty
         try:
             async with conn.transaction():
-                counts = await self._write_chunk(conn, rows)
+                counts = [
+                    (p.target.table, await p.write(conn, rows)) for p in self._plans
+                ]
         except ROW_ERRORS as exc:
+            self._stage.dirty = dirty
             if len(rows) == 1:
                 rejected.append(Rejected(first, f"{type(exc).__name__}: {exc}"))
                 return
@@ -160,20 +250,3 @@ class BatchWriter:
             return
         for table, count in counts:
             changed[table] += count
-
-    async def _write_chunk(
-        self, conn: asyncpg.Connection, rows: Sequence[tuple]
-    ) -> list[tuple[str, int]]:
-        # A chunk that failed rolled back to its savepoint, restoring whatever
-        # the stage held before it; only a chunk that succeeded leaves rows there.
-        if self._stage_dirty:
-            await conn.execute(f"TRUNCATE {self.stage}")
-        await conn.copy_records_to_table(
-            self.stage, records=rows, columns=self.spec.columns
-        )
-        counts = [
-            (table, affected(await conn.execute(statement)))
-            for table, statement in self._statements
-        ]
-        self._stage_dirty = True
-        return counts
