@@ -17,17 +17,18 @@ $$;
 --   * time moves forward and its implied speed is at most 250 km/h (a jump
 --     beyond that is a bad fix, not a drive), and
 --   * the vehicle moved: either end reports >= 3 km/h, or the fixes are at least
---     100 m apart (so that stationary jitter of a parked vehicle adds nothing,
+--     30 m apart (so that stationary jitter of a parked vehicle adds nothing,
 --     while a drive sampled only at its stops still counts).
--- Callers leave cell-tower (LBS) and Wi-Fi fixes out; they wander by hundreds
--- of metres.
+-- These are the stream's rules (processors/distance.py, default settings), so
+-- both daily figures agree. Callers pass only satellite (GPS) fixes: cell-tower
+-- and Wi-Fi positions wander by hundreds of metres.
 CREATE OR REPLACE FUNCTION tracksolid.gps_path_km(points tracksolid.path_point[])
     RETURNS double precision
     LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 SELECT coalesce(sum(seg_m) FILTER (
            WHERE seg_s > 0
              AND seg_m / seg_s * 3.6 <= 250
-             AND (greatest(speed_kmh, prev_speed_kmh) >= 3 OR seg_m >= 100)
+             AND (greatest(speed_kmh, prev_speed_kmh) >= 3 OR seg_m >= 30)
        ), 0) / 1000
 FROM (
     SELECT tracksolid.distance_m(lag(lat) OVER w, lag(lng) OVER w, lat, lng) AS seg_m,

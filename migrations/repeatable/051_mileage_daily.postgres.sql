@@ -6,7 +6,7 @@
 -- comment.
 DO $$
 DECLARE
-    marker text := format('Distance per vehicle and local day, zone %s, definition 1.',
+    marker text := format('Distance per vehicle and local day, zone %s, definition 2.',
                           tracksolid.fleet_timezone());
 BEGIN
     IF obj_description(to_regclass('tracksolid.v_mileage_daily_cagg'), 'pg_class')
@@ -60,7 +60,7 @@ BEGIN
            max(speed_kmh),
            count(odometer_m),
            max(odometer_m) - min(odometer_m),
-           tracksolid.path_km(CASE WHEN pos_type NOT IN ('LBS', 'WIFI') THEN
+           tracksolid.path_km(CASE WHEN pos_type = 'GPS' THEN
                ROW(gps_time, lat, lng, speed_kmh)::tracksolid.path_point END)
     FROM tracksolid.position_history
     WHERE gps_time >= lo AND gps_time < hi

@@ -10,7 +10,7 @@
 DO $$
 DECLARE
     zone text := tracksolid.fleet_timezone();
-    marker text := format('Distance per vehicle and local day, zone %s, definition 1.',
+    marker text := format('Distance per vehicle and local day, zone %s, definition 2.',
                           zone);
 BEGIN
     IF obj_description(to_regclass('tracksolid.v_mileage_daily_cagg'), 'pg_class')
@@ -29,7 +29,7 @@ BEGIN
                max(speed_kmh) AS max_speed_kmh,
                count(odometer_m) AS odometer_readings,
                max(odometer_m) - min(odometer_m) AS odometer_delta_m,
-               tracksolid.path_km(CASE WHEN pos_type NOT IN ('LBS', 'WIFI') THEN
+               tracksolid.path_km(CASE WHEN pos_type = 'GPS' THEN
                    ROW(gps_time, lat, lng, speed_kmh)::tracksolid.path_point END)
                    AS gps_km
         FROM tracksolid.position_history
