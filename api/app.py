@@ -12,10 +12,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import asyncpg
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from api import health, maps, routes
@@ -69,6 +70,12 @@ def create_app(settings: Settings, *, refresh_views: bool = True) -> FastAPI:
     app.include_router(health.router)
     app.include_router(maps.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_exception_handler(asyncpg.UndefinedFunctionError, _schema_missing)
+    app.add_exception_handler(asyncpg.UndefinedTableError, _schema_missing)
+    app.add_exception_handler(asyncpg.InvalidSchemaNameError, _schema_missing)
+    app.add_exception_handler(OSError, _database_unavailable)
+    app.add_exception_handler(asyncpg.InterfaceError, _database_unavailable)
+    app.add_exception_handler(asyncpg.CannotConnectNowError, _database_unavailable)
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
@@ -81,6 +88,26 @@ def create_app(settings: Settings, *, refresh_views: bool = True) -> FastAPI:
         )
 
     return app
+
+
+async def _schema_missing(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("reporting object missing for %s: %s", request.url.path, exc)
+    return JSONResponse(
+        {
+            "detail": f"the reporting layer is not migrated ({exc}); "
+            "run `fleetstream migrate`"
+        },
+        status_code=503,
+    )
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    logger.warning("database unavailable for %s: %s", request.url.path, exc)
+    return JSONResponse(
+        {"detail": f"database unavailable: {type(exc).__name__}"},
+        status_code=503,
+        headers={"Retry-After": "5"},
+    )
 
 
 def app_from_environment() -> FastAPI:

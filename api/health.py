@@ -29,6 +29,7 @@ REQUIRED = (
     "reporting.v_filter_cities",
     "reporting.refresh_log",
     "reporting.refresh_v_trips",
+    "tracksolid.live_positions",
 )
 
 
@@ -79,6 +80,8 @@ async def _readiness(pool: asyncpg.Pool) -> dict:
                 " ORDER BY started_at DESC LIMIT 1"
             )
             body["last_refresh"] = json_row(last) if last else None
+        if "tracksolid.live_positions" in missing:
+            return body
         fixes = await conn.fetchrow(
             "SELECT count(*) AS live_vehicles, extract(epoch FROM clock_timestamp()"
             " - max(gps_time))::float8 AS newest_fix_age_seconds"

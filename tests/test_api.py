@@ -361,3 +361,26 @@ async def test_health_readiness_and_local_docs(client):
     paths = (await client.get("/openapi.json")).json()["paths"]
     assert {"/webhook/live-positions", "/webhook/live-positions/track"} <= set(paths)
     assert "post" in paths["/webhook/fleet-dashboard"]
+
+
+async def test_unmigrated_database_is_alive_but_not_ready(
+    make_settings, empty_database_url
+):
+    settings = make_settings(database_url=empty_database_url)
+    app = create_app(settings, refresh_views=True)
+
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://127.0.0.1"
+        ) as http:
+            health = await http.get("/healthz")
+            ready = await http.get("/readyz")
+            live = await http.get("/webhook/live-positions")
+
+    assert health.status_code == 200
+    assert ready.status_code == 503
+    assert "reporting.fn_live_positions" in str(ready.json())
+    # A missing reporting layer is a server-side fault, said as such.
+    assert live.status_code == 503
+    assert "fleetstream migrate" in live.json()["detail"]
