@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import subprocess
+import sys
+import uuid
 from datetime import UTC, datetime
 
 import asyncpg
 import pytest
 
+from fleetstream.db import with_database
 from migrations.runner import ROOT, MigrationError, migrate
 
 POSITION_COLUMNS = (
@@ -236,3 +241,45 @@ async def test_every_time_series_has_a_natural_key_of_device_and_time(database_u
     for table in ("heartbeats", "fuel_readings", "obd_readings", "lbs_readings"):
         cols = by_table[f"tracksolid.{table}"]
         assert "imei" in cols and any(c.endswith("_time") for c in cols), table
+
+
+def run_cli(url: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "fleetstream.cli", "migrate", *args],
+        env={
+            **os.environ,
+            "DATABASE_URL": url,
+            "FLEETSTREAM_ENVIRONMENT": "development",
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+async def test_cli_creates_the_database_plans_then_migrates(pg_server):
+    name = f"fs_cli_{uuid.uuid4().hex[:10]}"
+    url = with_database(pg_server, name)
+    try:
+        planned = await asyncio.to_thread(run_cli, url, "--dry-run")
+        zone = {"FLEETSTREAM_FLEET_TIMEZONE": "Africa/Kampala"}
+        done = await asyncio.to_thread(run_cli, url, **zone)
+        again = await asyncio.to_thread(run_cli, url, **zone)
+        conn = await asyncpg.connect(url)
+        try:
+            stored = await conn.fetchval("SELECT tracksolid.fleet_timezone()")
+        finally:
+            await conn.close()
+    finally:
+        admin = await asyncpg.connect(pg_server)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+    # A dry run against a missing database cannot read it and says so.
+    assert planned.returncode != 0
+    assert name in planned.stderr
+    assert done.returncode == 0, done.stderr
+    assert "ran versioned 0001_schemas.sql" in done.stdout.splitlines()
+    assert stored == "Africa/Kampala"
+    assert again.stdout.splitlines() == ["ran ensure_partitions 3 months: 0 created"]
