@@ -571,3 +571,23 @@ async def test_stage_process_serves_until_sigterm(make_settings, state_dir):
     assert "webhook receiver stopped" in log.read_text()
     got = decoded(await read_topic(settings, settings.topic("raw", "position"), 1))
     assert [json.loads(e["payload"]) for _, e in got] == [record]
+
+
+async def test_records_of_one_device_keep_their_body_order(receiver):
+    settings, url = receiver
+    # Out-of-order gps times on purpose: the body order is what must survive.
+    seconds = [5, 3, 9, 1, 7, 2, 8, 0, 6, 4] * 3
+    bodies = [
+        [gps_record("860001000000011", s, seq=n * 10 + i) for i, s in enumerate(chunk)]
+        for n, chunk in enumerate([seconds[:10], seconds[10:20], seconds[20:]])
+    ]
+
+    async with httpx.AsyncClient() as client:
+        for body in bodies:
+            response = await client.post(
+                url + "/pushgps", content=form(SAMPLE_TOKEN, body), headers=FORM
+            )
+            assert response.status_code == 200
+
+    got = decoded(await read_topic(settings, settings.topic("raw", "position"), 30))
+    assert [json.loads(e["payload"])["seq"] for _, e in got] == list(range(30))
