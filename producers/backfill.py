@@ -7,9 +7,9 @@ and ``[b, ...]`` cover every fix once. Each finished window is recorded in
 ``tracksolid.backfill_progress`` after Kafka acknowledged its records, so a
 rerun of the same command skips what is done. Records carry ``source=backfill``.
 
-Calls are paced by ``backfill_call_interval_seconds``; an IP limit (1005) or a
-rate limit that outlasts the client's retries stops the run, with its progress
-kept, because continuing would only deepen the platform's refusal. Without
+Calls are paced by ``backfill_call_interval_seconds``; an IP limit (1005), a
+refused token or a rate limit that outlasts the client's retries stops the run,
+with its progress kept, because continuing would only deepen the refusal. Without
 ``--imei`` the device registry is read first, and published like the poll
 worker does.
 """
@@ -29,17 +29,13 @@ from fleetstream.errors import ConfigError
 from fleetstream.kafka import make_producer
 from fleetstream.runtime import run_until_stopped
 from fleetstream.settings import Settings
-from producers.client import (
-    ApiError,
-    IpLimitError,
-    RetriesExhausted,
-    TracksolidClient,
-)
+from producers.client import ApiError, TracksolidClient
 from producers.poll import (
     ALARM_LIST,
     MAX_ALARM_IMEIS,
     MAX_ALARM_WINDOW,
     MAX_TRACK_WINDOW,
+    PLATFORM_REFUSALS,
     TRACK_LIST,
     Poller,
     chunks,
@@ -161,7 +157,7 @@ class Backfill:
                     return outcome
                 try:
                     outcome.records += await fetch(begin, end)
-                except (IpLimitError, RetriesExhausted):
+                except PLATFORM_REFUSALS:
                     logger.error("backfill %s paused by the platform's limits", job)
                     raise
                 except ApiError as exc:

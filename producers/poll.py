@@ -27,7 +27,14 @@ from fleetstream.errors import FleetstreamError
 from fleetstream.kafka import make_producer
 from fleetstream.runtime import run_until_stopped, sleep_or_stop
 from fleetstream.settings import Settings
-from producers.client import ApiError, Envelope, TracksolidClient
+from producers.client import (
+    ApiError,
+    Envelope,
+    IpLimitError,
+    RetriesExhausted,
+    TokenError,
+    TracksolidClient,
+)
 from producers.publish import RawPublisher, record_imei
 
 logger = logging.getLogger(__name__)
@@ -47,6 +54,9 @@ ALARM_PAGE_SIZE = 100
 MAX_ALARM_ROWS = 1000
 MAX_TRACK_WINDOW = timedelta(days=7)
 MAX_ALARM_WINDOW = timedelta(days=30)
+# Refusals of the whole account end a cycle: more calls would only prolong
+# them. Other errors concern one device or batch, and the cycle goes on.
+PLATFORM_REFUSALS = (IpLimitError, RetriesExhausted, TokenError)
 
 
 def worker_name(stage: str) -> str:
@@ -186,6 +196,8 @@ class Poller:
                     published += await self._publish(envelope, imei=imei)
                     await save_watermarks(self.pool, TRACK_LIST, [imei], end)
                     mark = end
+            except PLATFORM_REFUSALS:
+                raise
             except ApiError as exc:
                 logger.warning("track of %s not polled this cycle: %s", imei, exc)
         return published
@@ -264,6 +276,8 @@ class Poller:
                         published += await fetch(batch, begin, end)
                         await save_watermarks(self.pool, method, batch, end)
                         mark = end
+                except PLATFORM_REFUSALS:
+                    raise
                 except ApiError as exc:
                     logger.warning(
                         "%s for %d devices not polled this cycle: %s",
