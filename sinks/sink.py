@@ -64,6 +64,7 @@ class _Rebalance(ConsumerRebalanceListener):
         await self._sink.release(set(revoked))
 
     async def on_partitions_assigned(self, assigned) -> None:
+        self._sink.stats.assignments += 1
         logger.info(
             "sink %s: assigned partitions %s",
             self._sink.spec.kind,

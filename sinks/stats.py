@@ -22,6 +22,7 @@ class SinkStats:
     batches: int = 0
     dead_letters: int = 0
     retries: int = 0
+    assignments: int = 0
     batch_seconds_total: float = 0.0
     batch_seconds_max: float = 0.0
     rows_by_table: dict[str, int] = field(default_factory=dict)

@@ -360,7 +360,14 @@ async def test_database_outage_pauses_and_resumes_without_loss(settings):
         )
         async with database_closed(settings):
             await produce(settings, "position", during)
-            await until(lambda: sink.stats.retries >= 3, what="retries")
+            # Longer than the session timeout: the paused consumer must keep its
+            # membership, so the group never rebalances.
+            outage_ends = (
+                time.monotonic()
+                + settings.kafka_tuning()["session_timeout_ms"] / 1000 * 1.5
+            )
+            await until(lambda: time.monotonic() > outage_ends, what="outage")
+            assert sink.stats.retries >= 5
             assert sum((await committed(settings, group)).values()) == len(before)
             assert sink.stats.records == len(before)
             assert not task.done()
@@ -374,6 +381,7 @@ async def test_database_outage_pauses_and_resumes_without_loss(settings):
 
     assert await history(settings) == sorted(as_row(r) for r in before + during)
     assert sink.stats.dead_letters == 0
+    assert sink.stats.assignments == 1
 
 
 async def committed_total(settings, group: str, expected: int) -> bool:
@@ -503,3 +511,35 @@ async def test_every_declared_kind_lands_in_its_tables(settings):
         records, 1
     )
     assert sum(s.stats.dead_letters for s in running_sinks) == 0
+
+
+async def test_rebalance_to_a_second_member_loses_and_duplicates_nothing(settings):
+    rounds = [
+        [position(imei, r * 10 + m) for imei in IMEIS for m in range(10)]
+        for r in range(3)
+    ]
+    first, second = fast(settings, POSITION), fast(settings, POSITION)
+    group = POSITION.group_id(settings)
+    total = sum(len(batch) for batch in rounds)
+
+    async with running(first):
+        await produce(settings, "position", rounds[0])
+        await until(lambda: first.stats.records == len(rounds[0]), what="round 1")
+        async with running(second):
+            # Records keep arriving while the group moves partitions around.
+            await produce(settings, "position", rounds[1])
+            await until(lambda: second.stats.assignments == 1, what="second joins")
+            await until(lambda: first.stats.assignments == 2, what="first rejoins")
+            await produce(settings, "position", rounds[2])
+            await until(
+                lambda: committed_total(settings, group, total), what="all committed"
+            )
+
+    assert await history(settings) == sorted(as_row(r) for b in rounds for r in b)
+    # Each record was handled by one member, except what a revocation cut short.
+    assert total <= first.stats.records + second.stats.records
+    assert (
+        first.stats.rows_by_table["tracksolid.position_history"]
+        + (second.stats.rows_by_table.get("tracksolid.position_history", 0))
+        == total
+    )

@@ -1,0 +1,215 @@
+"""Measure the position sink against a raw COPY of the same rows.
+
+    python -m bench.bench_sink [ROWS] [--devices N] [--batch N]
+
+Both figures come from the same run, the same database and the same table,
+``tracksolid.position_history``: first one asyncpg ``copy_records_to_table`` of
+every row (the floor of what PostgreSQL can take), then, on the emptied table,
+the sink reading the same rows as Avro records from the clean topic, writing
+history and live positions and committing offsets. The sink's time runs from
+its first batch to its last offset commit, so the group join is left out.
+
+Uses ``KAFKA_BOOTSTRAP_SERVERS`` and ``DATABASE_URL`` when set (a database is
+created there and dropped at the end); otherwise starts the embedded broker and
+PostgreSQL in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import tempfile
+import time
+import uuid
+from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+
+from fleetstream.codec import codec
+from fleetstream.db import with_database
+from fleetstream.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
+from fleetstream.kafka import ensure_topics, make_producer
+from fleetstream.settings import Settings
+from fleetstream.topics import CLEAN, DEADLETTER_TOPIC, spec
+from sinks.kinds import POSITION
+from sinks.sink import Sink
+
+START = datetime(2026, 3, 2, tzinfo=UTC)
+TARGET_RATIO = 0.6
+
+
+def positions(count: int, devices: int) -> list[dict]:
+    """Return ``count`` fixes spread over ``devices`` devices, 10 s apart each."""
+    fixes = []
+    for i in range(count):
+        device, step = divmod(i, max(count // devices, 1))
+        moment = START + timedelta(seconds=10 * step)
+        fixes.append(
+            {
+                "imei": f"86{device:013d}",
+                "gps_time": moment,
+                "lat": -1.3 + step * 1e-5,
+                "lng": 36.8 + device * 1e-4,
+                "speed_kmh": float(step % 90),
+                "direction_deg": step % 360,
+                "acc_on": True,
+                "pos_type": "GPS",
+                "satellites": 10,
+                "altitude_m": 1650.0,
+                "reupload": False,
+                "odometer_m": 10.0 * step,
+                "source": "poll",
+                "origin": "jimi.device.track.list",
+                "received_at": moment + timedelta(seconds=20),
+            }
+        )
+    return fixes
+
+
+@asynccontextmanager
+async def services():
+    """Yield ``(bootstrap_servers, broker_profile, server_url)``."""
+    servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    url = os.environ.get("DATABASE_URL")
+    with tempfile.TemporaryDirectory(prefix="bench-sink-") as scratch:
+        broker = pg = None
+        if not servers:
+            broker = EmbeddedBroker(free_port(), Path(scratch) / "tansu.log").start()
+            servers = broker.bootstrap_servers
+        if not url:
+            pg = EmbeddedPostgres(Path(scratch) / "pg", free_port()).start()
+            url = pg.url
+        profile = (
+            "embedded"
+            if broker
+            else os.environ.get("FLEETSTREAM_BROKER_PROFILE", "kafka")
+        )
+        try:
+            yield servers, profile, url
+        finally:
+            if pg:
+                pg.stop()
+            if broker:
+                broker.stop()
+
+
+@asynccontextmanager
+async def scratch_database(server_url: str):
+    """Yield the URL of a new migrated database, dropped afterwards."""
+    from migrations.runner import migrate
+
+    name = f"bench_sink_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(with_database(server_url, "postgres"))
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = with_database(server_url, name)
+        await migrate(url)
+        yield url
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def raw_copy_seconds(url: str, rows: list[tuple]) -> float:
+    conn = await asyncpg.connect(url)
+    try:
+        started = time.perf_counter()
+        await conn.copy_records_to_table(
+            "position_history",
+            schema_name="tracksolid",
+            records=rows,
+            columns=POSITION.columns,
+        )
+        elapsed = time.perf_counter() - started
+        await conn.execute("TRUNCATE tracksolid.position_history")
+        return elapsed
+    finally:
+        await conn.close()
+
+
+async def publish(settings: Settings, fixes: list[dict]) -> None:
+    await ensure_topics(settings, (spec(CLEAN, "position"), DEADLETTER_TOPIC))
+    encoder = codec("Position")
+    producer = make_producer(settings, linger_ms=20)
+    await producer.start()
+    try:
+        topic = settings.topic(CLEAN, "position")
+        for fix in fixes:
+            await producer.send(topic, encoder.encode(fix), key=fix["imei"].encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def sink_seconds(settings: Settings, expected: int) -> Sink:
+    sink = Sink(settings, POSITION, stats_interval_seconds=3600)
+    stop = asyncio.Event()
+    task = asyncio.create_task(sink.run(stop))
+    try:
+        while sink.stats.records < expected:
+            if task.done():
+                await task
+                raise RuntimeError("the sink stopped before writing every row")
+            await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await task
+    return sink
+
+
+async def bench(rows: int, devices: int, batch: int) -> float:
+    fixes = positions(rows, devices)
+    async with AsyncExitStack() as stack:
+        servers, profile, server_url = await stack.enter_async_context(services())
+        url = await stack.enter_async_context(scratch_database(server_url))
+        settings = Settings(
+            environment="test",
+            kafka_bootstrap_servers=servers,
+            broker_profile=profile,
+            database_url=url,
+            topic_prefix=f"bench{uuid.uuid4().hex[:8]}",
+            sink_batch_max_records=batch,
+        )
+        await publish(settings, fixes)
+
+        getter = POSITION.row_getter()
+        copy_s = await raw_copy_seconds(url, [getter(fix) for fix in fixes])
+        sink = await sink_seconds(settings, rows)
+
+    stats = sink.stats
+    sink_s = stats.last_commit_at - stats.first_batch_at
+    history = stats.rows_by_table["tracksolid.position_history"]
+    if history != rows:
+        raise RuntimeError(f"the sink wrote {history} history rows, expected {rows}")
+    copy_rate, sink_rate = rows / copy_s, rows / sink_s
+    ratio = sink_rate / copy_rate
+    print(f"rows                 {rows} ({devices} devices, batches of {batch})")
+    print(f"raw COPY             {copy_s:8.3f} s  {copy_rate:10.0f} rows/s")
+    print(
+        f"sink                 {sink_s:8.3f} s  {sink_rate:10.0f} rows/s "
+        f"({stats.batches} batches, mean {stats.batch_seconds_mean * 1000:.0f} ms, "
+        f"max {stats.batch_seconds_max * 1000:.0f} ms)"
+    )
+    verdict = "meets" if ratio >= TARGET_RATIO else "below"
+    print(f"ratio sink/COPY      {ratio:8.2f}  ({verdict} the {TARGET_RATIO} target)")
+    return ratio
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_sink")
+    parser.add_argument("rows", nargs="?", type=int, default=100_000)
+    parser.add_argument("--devices", type=int, default=200)
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=Settings.model_fields["sink_batch_max_records"].default,
+    )
+    args = parser.parse_args(argv)
+    asyncio.run(bench(args.rows, args.devices, args.batch))
+
+
+if __name__ == "__main__":
+    main()
