@@ -52,6 +52,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -70,12 +71,20 @@ from processors.trips import Span, TripMachine, TripRules, summarise
 logger = logging.getLogger(__name__)
 
 DAY_MS = 86_400_000
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 HEAD_VERSION = 1
 EXPIRE_EVERY_S = 1.0
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def epoch_ms(value: datetime | int) -> int:
+    """Return epoch ms of a decoded Avro timestamp-millis (datetime or int)."""
+    if isinstance(value, datetime):
+        return (value - EPOCH) // timedelta(milliseconds=1)
+    return value
 
 
 @dataclass(frozen=True)
@@ -102,7 +111,7 @@ class DerivedConfig:
     def fix(self, position: dict) -> Fix:
         """Return the Fix of a decoded Position record."""
         return Fix(
-            position["gps_time"],
+            epoch_ms(position["gps_time"]),
             position["lat"],
             position["lng"],
             position.get("speed_kmh"),

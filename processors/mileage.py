@@ -119,6 +119,8 @@ class DayLedger:
 
     def _add(self, a: Fix, b: Fix, metres: float) -> set[str]:
         touched = set()
+        if metres == 0.0:
+            return touched
         for day, share in split_by_day(a.t, b.t, metres, self.zone):
             self._day(day).gps_m += share
             touched.add(day)
