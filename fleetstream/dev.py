@@ -40,6 +40,9 @@ DEV_PUSH_TOKEN = "dev-push-token"
 # stop before the stages that drain them.
 STAGE_ORDER = ("api", "sink", "process", "webhook", "poll", "fake-platform")
 RESTART_DELAY_SECONDS = 2.0
+MAX_RESTART_DELAY_SECONDS = 60.0
+# A stage that ran this long before dying restarts without the accumulated delay.
+HEALTHY_RUN_SECONDS = 120.0
 
 
 def _port_or_free(port: int) -> int:
