@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -44,17 +45,20 @@ CHROMIUM_FLAGS = [
 
 
 class Elements(HTMLParser):
-    """Collect the attributes of every element that has a ``data-imei``."""
+    """Collect markers (elements with ``data-imei``), map tiles and ids."""
 
     def __init__(self) -> None:
         super().__init__()
         self.found: list[dict[str, str]] = []
+        self.tiles: list[str] = []
         self.by_id: dict[str, dict[str, str]] = {}
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         attributes = {name: value or "" for name, value in attrs}
         if "data-imei" in attributes:
             self.found.append(attributes)
+        if tag == "img" and "leaflet-tile" in attributes.get("class", ""):
+            self.tiles.append(attributes.get("src", ""))
         if "id" in attributes:
             self.by_id[attributes["id"]] = attributes
 
@@ -136,7 +140,8 @@ async def seed(url: str, now: datetime) -> None:
 
 
 @pytest.fixture
-async def api_url(settings):
+async def api_url(request, settings):
+    """Yield the URL of the API serving the seeded fleet; a param adds settings."""
     await seed(settings.database_url, datetime.now(UTC).replace(microsecond=0))
     port = free_port()
     env = {
@@ -147,6 +152,7 @@ async def api_url(settings):
         "FLEETSTREAM_API_PORT": str(port),
         "FLEETSTREAM_MAP_LIVE_POLL_SECONDS": "2",
         "FLEETSTREAM_DB_POOL_MAX_SIZE": "4",
+        **getattr(request, "param", {}),
     }
     server = subprocess.Popen(
         [sys.executable, "-m", "fleetstream.cli", "api"],
@@ -197,7 +203,9 @@ async def test_live_map_shows_and_moves_every_vehicle(api_url, settings):
         )
         expected = {True: "acc-on", False: "acc-off", None: "acc-unknown"}[acc]
         assert expected in shown[imei]["class"].split()
-    assert page.by_id["vehicle-list"] is not None
+    # No tile URL configured: a plain background, no tile requests.
+    assert "no-tiles" in page.by_id["map"]["class"].split()
+    assert page.tiles == []
 
     conn = await asyncpg.connect(settings.database_url)
     await conn.execute(
@@ -242,3 +250,19 @@ async def test_fleet_map_draws_trips_from_the_refreshed_view(api_url):
     assert float(trip_a_end["data-lng"]) == 36.9
     assert trip_a_end["data-plate"] == "KZA-123A"
     assert page.by_id["figures"]["data-trips"] == "2"
+
+
+@pytest.mark.parametrize(
+    "api_url",
+    [{"FLEETSTREAM_MAP_TILE_URL": "/static/tiles/{z}/{x}/{y}.png"}],
+    indirect=True,
+)
+async def test_live_map_draws_tiles_from_the_configured_url(api_url):
+    page = dump_dom(f"{api_url}/map/live")
+
+    assert "no-tiles" not in page.by_id["map"]["class"].split()
+    assert page.tiles
+    assert all(
+        re.fullmatch(r"/static/tiles/\d+/\d+/\d+\.png", src) for src in page.tiles
+    )
+    assert len(markers(page, "vehicle")) == len(VEHICLES)
