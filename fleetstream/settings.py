@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     api_port: int = 8890
     # Worker processes of the API; each reads its settings from the environment.
     api_workers: int = 1
+    # Comma-separated origins of map pages hosted elsewhere (e.g. on object
+    # storage) that may call the API from the browser; empty allows none.
+    api_cors_origins: str = ""
     vtrips_refresh_interval_seconds: float = 300.0
     # Map background tiles, e.g. "https://tile.example.org/{z}/{x}/{y}.png"; empty
     # draws a plain background (no tile server is reachable offline).
