@@ -543,3 +543,47 @@ async def test_rebalance_to_a_second_member_loses_and_duplicates_nothing(setting
         + (second.stats.rows_by_table.get("tracksolid.position_history", 0))
         == total
     )
+
+
+async def test_sink_command_writes_every_kind_and_stops_on_sigterm(settings):
+    fixes = [position(imei, m) for imei in IMEIS for m in range(3)]
+    await produce(settings, "position", fixes)
+    await produce(settings, "device", [device(IMEIS[0], 1)])
+    env = {
+        **os.environ,
+        "FLEETSTREAM_ENVIRONMENT": "test",
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "FLEETSTREAM_BROKER_PROFILE": settings.broker_profile,
+        "FLEETSTREAM_TOPIC_PREFIX": settings.topic_prefix,
+        "DATABASE_URL": settings.database_url,
+    }
+    stage = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "fleetstream.cli",
+        "sink",
+        env=env,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await until(
+            lambda: _count(settings, "tracksolid.position_history", len(fixes)),
+            what="positions from the sink command",
+        )
+        await until(
+            lambda: _count(settings, "tracksolid.devices", 1), what="device row"
+        )
+    finally:
+        stage.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(stage.communicate(), 60)
+
+    log = stderr.decode()
+    assert stage.returncode == 0, log[-3000:]
+    assert log.count("stopped sink ") == len(SINKS), log[-3000:]
+    assert "stopped sink position: 9 records" in log
+
+
+async def _count(settings, table: str, expected: int) -> bool:
+    rows = await fetch(settings, f"SELECT count(*) FROM {table}")
+    return rows[0][0] == expected
