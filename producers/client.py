@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import random
 import time
@@ -169,6 +168,9 @@ class TracksolidClient:
         self._owns_http = http is None
         self._sleep = sleep
         self._token: Token | None = None
+        # Tasks of one process queue here rather than each holding a pooled
+        # connection while waiting for the database lock.
+        self._renewing = asyncio.Lock()
 
     async def aclose(self) -> None:
         if self._owns_http:
@@ -311,11 +313,21 @@ class TracksolidClient:
         The renewal runs under an advisory lock per account, so concurrent
         workers wait for one renewal and then read its result from the cache.
         """
-        now = datetime.now(UTC)
         margin = self.settings.tracksolid_token_refresh_margin_seconds
-        mine = self._token
-        if mine is not None and mine != stale and mine.usable(now, margin):
+        if (mine := self._own_token(stale, margin)) is not None:
             return mine
+        async with self._renewing:
+            if (mine := self._own_token(stale, margin)) is not None:
+                return mine
+            return await self._renew_shared(stale, margin)
+
+    def _own_token(self, stale: Token | None, margin: float) -> Token | None:
+        mine = self._token
+        if mine is None or mine == stale or not mine.usable(datetime.now(UTC), margin):
+            return None
+        return mine
+
+    async def _renew_shared(self, stale: Token | None, margin: float) -> Token:
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 "SELECT pg_advisory_xact_lock(hashtext($1))",
@@ -448,8 +460,3 @@ def _imei_count(params: Mapping[str, Any]) -> int:
     if isinstance(imeis, str):
         return len([i for i in imeis.split(",") if i])
     return len(list(imeis))
-
-
-def dumps(record: Mapping[str, Any]) -> str:
-    """Return a record as compact JSON, keys and value types as received."""
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":"))

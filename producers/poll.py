@@ -308,8 +308,12 @@ async def every(
     while not stop.is_set():
         try:
             await job()
-        except (FleetstreamError, OSError) as exc:
+        except FleetstreamError as exc:
             logger.warning("%s failed, retrying next cycle: %s", job.__name__, exc)
+        except Exception:
+            # Broker or database trouble: watermarks stay where the last
+            # acknowledged window left them, so the next cycle redoes the rest.
+            logger.exception("%s failed, retrying next cycle", job.__name__)
         if await sleep_or_stop(stop, seconds):
             return
 

@@ -126,7 +126,7 @@ def test_string_codes_and_real_bodies_parse():
             "2020-03-22 13:57:11",
         ]
         assert all(isinstance(r["posType"], int) for r in envelope.records())
-    # The relay's wrapper is not an envelope: its code is null, so it is refused.
+    # The relay's wrapper is no envelope: a null code reads as busy and is retried.
     assert Envelope.parse("relay", locations).code == -1
     relayed = Envelope.parse("x", {"code": 0, "result": locations["data"]})
     assert [record_imei(r) for r in relayed.records()] == [
