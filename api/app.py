@@ -15,6 +15,7 @@ from pathlib import Path
 import asyncpg
 import uvicorn
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -66,6 +67,15 @@ def create_app(settings: Settings, *, refresh_views: bool = True) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    origins = [o.strip() for o in settings.api_cors_origins.split(",") if o.strip()]
+    if origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type"],
+            max_age=3600,
+        )
     app.include_router(routes.router)
     app.include_router(health.router)
     app.include_router(maps.router)

@@ -384,3 +384,32 @@ async def test_unmigrated_database_is_alive_but_not_ready(
     # A missing reporting layer is a server-side fault, said as such.
     assert live.status_code == 503
     assert "fleetstream migrate" in live.json()["detail"]
+
+
+async def test_cross_origin_calls_only_from_configured_origins(make_settings, settings):
+    allowed = "https://maps.example.com"
+    app = create_app(
+        make_settings(database_url=settings.database_url, api_cors_origins=allowed),
+        refresh_views=False,
+    )
+    preflight = {"Access-Control-Request-Method": "POST"}
+
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://127.0.0.1"
+        ) as http:
+            ok = await http.options(
+                "/webhook/fleet-dashboard", headers={"Origin": allowed, **preflight}
+            )
+            other = await http.options(
+                "/webhook/fleet-dashboard",
+                headers={"Origin": "https://elsewhere.example.org", **preflight},
+            )
+            get = await http.get("/healthz", headers={"Origin": allowed})
+
+    assert ok.status_code == 200
+    assert ok.headers["access-control-allow-origin"] == allowed
+    assert other.status_code == 400
+    assert "access-control-allow-origin" not in other.headers
+    assert get.headers["access-control-allow-origin"] == allowed
