@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -112,12 +112,15 @@ async def live_positions(
         str | None, Query(max_length=200, description="only this cost centre")
     ] = None,
     acc_status: Annotated[
-        Literal["on", "off", "unknown", "all"] | None,
-        Query(description="ignition: on, off, unknown or all"),
+        str | None,
+        Query(
+            pattern="(?i)^(on|off|unknown|all)$",
+            description="ignition: on, off, unknown or all (any case)",
+        ),
     ] = None,
 ) -> list[dict[str, Any]]:
     """Return one entry per vehicle: plate, IMEI, position, speed, ignition, time."""
-    acc = None if acc_status in (None, "all") else acc_status
+    acc = None if acc_status is None or acc_status.lower() == "all" else acc_status
     rows = await request.app.state.pool.fetch(
         "SELECT * FROM reporting.fn_live_positions($1, $2)", cost_centre or None, acc
     )

@@ -134,7 +134,7 @@ async def test_live_positions_one_entry_per_enabled_vehicle(client):
     ("params", "imeis"),
     [
         ({"cost_centre": "Dairy"}, ["860000000000003", "860000000000001"]),
-        ({"cost_centre": "dairy", "acc_status": "on"}, ["860000000000001"]),
+        ({"cost_centre": "dairy", "acc_status": "ON"}, ["860000000000001"]),
         ({"acc_status": "off"}, ["860000000000002"]),
         ({"acc_status": "unknown"}, ["860000000000003"]),
         ({"acc_status": "all", "cost_centre": ""}, [
