@@ -429,3 +429,34 @@ async def test_poll_command_runs_until_sigterm(make_settings, database_url):
     kinds = Counter(e["origin"] for e in await read_raw(settings, "position"))
     assert kinds["jimi.user.device.location.list"] >= 1
     assert kinds[TRACK_LIST] > 0
+
+
+async def test_watermark_stays_when_kafka_refuses_the_records(
+    make_settings, database_url
+):
+    from aiokafka.errors import KafkaError
+
+    traces = load_traces(["truck-B"])
+    now = datetime.now(UTC).replace(microsecond=0)
+    replay = history_replay(traces, now)
+    async with FakePlatform(FakeConfig(include_expired_device=False), replay) as fake:
+        settings = poll_settings(make_settings, database_url, fake)
+        harness = await Harness().start(settings)
+        # A real producer whose requests the client must refuse: every record
+        # is larger than the allowed request size.
+        await harness.producer.stop()
+        harness.producer = make_producer(settings, max_request_size=64)
+        await harness.producer.start()
+        harness.poller.publisher = RawPublisher(harness.producer, settings, "poll")
+        harness.poller.devices = [traces[0].imei]
+        seeded = now - timedelta(hours=3)
+        await save_watermarks(harness.pool, TRACK_LIST, harness.poller.devices, seeded)
+        try:
+            with pytest.raises(KafkaError):
+                await harness.poller.poll_tracks()
+            marks = await load_watermarks(harness.pool, TRACK_LIST, [traces[0].imei])
+        finally:
+            await harness.stop()
+
+    assert marks == {traces[0].imei: seeded}
+    assert any(c.method == TRACK_LIST and c.code == 0 for c in fake.api.calls)
