@@ -105,6 +105,9 @@ POSITION = SinkSpec(
 )
 
 # cost_centre and city are the operator's: they are not listed, so never written.
+# The table has no received_at; updated_at holds it and decides which row is
+# newer, so a row an operator inserts by hand (updated_at defaults to now())
+# only yields to registry data received after it.
 DEVICE = SinkSpec(
     kind="device",
     columns=(

@@ -12,6 +12,9 @@ are committed; the rest of the batch is written. Any other failure of the
 database or the broker pauses the sink: its partitions are paused (the consumer
 keeps its group membership), the batch is retried with exponential backoff up
 to a ceiling, for as long as it takes, and nothing is committed meanwhile.
+
+Dead letters are delivered at least once: a retry after a failed send, or a
+crash before the offset commit, can publish the same dead letter twice.
 """
 
 from __future__ import annotations

@@ -314,6 +314,7 @@ async def test_crash_between_db_commit_and_offset_commit_rewrites_nothing(settin
 
 
 async def committed(settings, group: str) -> dict[int, int]:
+    # Partitions are named: tansu drops the connection when they are left out.
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
     await admin.start()
     try:
