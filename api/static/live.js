@@ -42,10 +42,16 @@
     const known = markers.get(vehicle.imei);
     const position = [vehicle.lat, vehicle.lng];
     if (known) {
-      const moved = known.vehicle.gps_time !== vehicle.gps_time;
+      // Most polls bring no new fix for most vehicles: leave their markers be.
+      const before = known.vehicle;
+      const changed = ["gps_time", "lat", "lng", "acc", "vehicle_number"].some(
+        (field) => before[field] !== vehicle[field]);
       known.vehicle = vehicle;
+      if (!changed) return;
       known.marker.setLatLng(position).setIcon(icon(vehicle));
-      if (moved && vehicle.imei === selected) drawTrack(vehicle);
+      if (before.gps_time !== vehicle.gps_time && vehicle.imei === selected) {
+        drawTrack(vehicle);
+      }
       return;
     }
     const marker = L.marker(position, { icon: icon(vehicle), keyboard: false });
