@@ -20,7 +20,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -156,7 +156,6 @@ class TracksolidClient:
         *,
         worker: str,
         http: httpx.AsyncClient | None = None,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.settings = settings
         self.pool = pool
@@ -166,7 +165,6 @@ class TracksolidClient:
             timeout=settings.tracksolid_http_timeout_seconds
         )
         self._owns_http = http is None
-        self._sleep = sleep
         self._token: Token | None = None
         # Tasks of one process queue here rather than each holding a pooled
         # connection while waiting for the database lock.
@@ -225,7 +223,7 @@ class TracksolidClient:
             self.settings.tracksolid_max_attempts,
             delay,
         )
-        await self._sleep(delay)
+        await asyncio.sleep(delay)
 
     async def _attempt(
         self,

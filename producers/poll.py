@@ -288,6 +288,7 @@ class Poller:
         return published
 
     async def poll_history(self) -> int:
+        """Poll tracks, alarms and trips, one after the other."""
         return (
             await self.poll_tracks()
             + await self.poll_alarms()
@@ -330,10 +331,11 @@ async def run_poll(settings: Settings, stop: asyncio.Event) -> None:
             settings, client, pool, RawPublisher(producer, settings, "poll")
         )
         while not poller.devices and not stop.is_set():
+            # Locations and history need the device list: wait for it first.
             try:
                 await poller.poll_devices()
-            except (FleetstreamError, OSError) as exc:
-                logger.warning("device registry not read yet: %s", exc)
+            except Exception as exc:
+                logger.warning("device registry not read, retrying: %s", exc)
             if not poller.devices:
                 await sleep_or_stop(stop, settings.poll_locations_interval_seconds)
         tasks = [
