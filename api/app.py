@@ -16,6 +16,7 @@ import asyncpg
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -67,6 +68,9 @@ def create_app(settings: Settings, *, refresh_views: bool = True) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    # The live positions of a few thousand vehicles are close to a megabyte of
+    # JSON every poll; compressed they are about a tenth of that.
+    app.add_middleware(GZipMiddleware, minimum_size=1024)
     origins = [o.strip() for o in settings.api_cors_origins.split(",") if o.strip()]
     if origins:
         app.add_middleware(

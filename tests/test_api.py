@@ -128,6 +128,9 @@ async def test_live_positions_one_entry_per_enabled_vehicle(client):
     first = response.json()[0]
     assert first["driver_name"] == "Otieno Ouma"
     assert first["cost_centre"] == "Bakery"
+    # Polled every few seconds by every open live map, so sent compressed.
+    assert response.headers["content-encoding"] == "gzip"
+    assert response.num_bytes_downloaded < len(response.content)
 
 
 @pytest.mark.parametrize(
