@@ -23,6 +23,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import itemgetter
+from typing import Any
 
 import asyncpg
 
@@ -91,7 +92,7 @@ def affected(status: str) -> int:
 
 def first_per_key(rows: Sequence[tuple], key) -> list[tuple]:
     """Return the first row of each key, in batch order."""
-    seen: dict[tuple, tuple] = {}
+    seen: dict[Any, tuple] = {}
     for row in rows:
         seen.setdefault(key(row), row)
     return list(seen.values())
@@ -104,7 +105,7 @@ def newest_per_key(rows: Sequence[tuple], key, order: int) -> list[tuple]:
     batch holding a key twice must be reduced first; among equals the earliest
     row stays, as the table itself keeps a row against an equal newcomer.
     """
-    newest: dict[tuple, tuple] = {}
+    newest: dict[Any, tuple] = {}
     for row in rows:
         k = key(row)
         held = newest.get(k)
@@ -138,10 +139,8 @@ class _Plan:
         self.columns = columns
         self.stage = stage
         self.statement = target_sql(target, columns, stage.name)
+        # A value for a one-column key, a tuple otherwise: either is a dict key.
         self.key = itemgetter(*(columns.index(c) for c in target.key))
-        if len(target.key) == 1:
-            only = self.key
-            self.key = lambda row: (only(row),)
         self.append = isinstance(target.rule, Append)
         self.order = None if self.append else columns.index(target.rule.order_by)
         # Whether the next chunk tries the plain COPY first (append-only only).
