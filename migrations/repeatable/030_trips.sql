@@ -6,7 +6,11 @@
 -- overlaps it in time and ranks higher: platform before stream (the platform's
 -- distance comes from the device odometer), then the most recently written, then
 -- the larger trip_id. A trip's span is [start_time, end_time), at least one
--- second long, and an open trip (end_time null) spans one second.
+-- second long, and an open trip (end_time null) spans one second; span_end is
+-- its end, stored so that range queries can use an index.
+--
+-- (SELECT tracksolid.fleet_timezone()) rather than a bare call: the subquery is
+-- evaluated once per query, the function once per row.
 DROP MATERIALIZED VIEW IF EXISTS reporting.v_trips CASCADE;
 
 CREATE OR REPLACE FUNCTION tracksolid.trip_span(
@@ -32,7 +36,9 @@ SELECT t.trip_id,
        d.device_group,
        t.start_time,
        t.end_time,
-       (t.start_time AT TIME ZONE tracksolid.fleet_timezone())::date AS trip_date,
+       (t.start_time AT TIME ZONE (SELECT tracksolid.fleet_timezone()))::date
+           AS trip_date,
+       upper(tracksolid.trip_span(t.start_time, t.end_time)) AS span_end,
        t.start_lat,
        t.start_lng,
        t.end_lat,
@@ -61,6 +67,7 @@ WHERE NOT EXISTS (
 
 CREATE UNIQUE INDEX ix_v_trips_trip_id ON reporting.v_trips (trip_id);
 CREATE INDEX ix_v_trips_start_time ON reporting.v_trips (start_time);
+CREATE INDEX ix_v_trips_span_end ON reporting.v_trips (span_end);
 CREATE INDEX ix_v_trips_vehicle ON reporting.v_trips (vehicle_number_norm, start_time);
 COMMENT ON MATERIALIZED VIEW reporting.v_trips IS
     'Each drive once (platform trips win over overlapping stream trips), with the '

@@ -159,24 +159,21 @@ CREATE FUNCTION reporting.fn_trips_for_map(
     source text
 )
     LANGUAGE sql STABLE PARALLEL SAFE AS $$
-WITH bounds AS (
-    -- Zone-less bounds are wall-clock times of the fleet's zone.
-    SELECT $5 AT TIME ZONE tracksolid.fleet_timezone() AS lo,
-           $6 AT TIME ZONE tracksolid.fleet_timezone() AS hi,
-           (SELECT array_agg(DISTINCT n) FROM unnest($1) v,
-                   reporting.normalize_plate(v) n WHERE n IS NOT NULL) AS plates,
-           (SELECT array_agg(DISTINCT trim(v)) FROM unnest($1) v) AS raw
-)
+-- Each bound is an uncorrelated scalar subquery, computed once per call, so that
+-- the zone is read once and the indexes on start_time and span_end apply.
 SELECT t.trip_id, t.imei, t.vehicle_number, t.vehicle_name, t.driver_name,
        t.cost_centre, t.city, t.trip_date, t.start_time, t.end_time,
        t.start_lat, t.start_lng, t.end_lat, t.end_lng, t.distance_km,
        t.duration_s, t.max_speed_kmh, t.avg_speed_kmh, t.source
-FROM reporting.v_trips t, bounds b
-WHERE (b.hi IS NULL OR t.start_time < b.hi)
-  AND (b.lo IS NULL
-       OR upper(tracksolid.trip_span(t.start_time, t.end_time)) > b.lo)
-  AND (b.plates IS NULL
-       OR t.vehicle_number_norm = ANY (b.plates) OR t.imei = ANY (b.raw))
+FROM reporting.v_trips t
+WHERE t.start_time < (SELECT coalesce($6 AT TIME ZONE tracksolid.fleet_timezone(),
+                                      'infinity'))
+  AND t.span_end > (SELECT coalesce($5 AT TIME ZONE tracksolid.fleet_timezone(),
+                                    '-infinity'))
+  AND (coalesce(cardinality($1), 0) = 0
+       OR t.vehicle_number_norm = ANY (SELECT reporting.normalize_plate(v)
+                                       FROM unnest($1) v)
+       OR t.imei = ANY (SELECT trim(v) FROM unnest($1) v))
   AND (nullif(trim($2), '') IS NULL OR lower(t.driver_name) = lower(trim($2)))
   AND (nullif(trim($3), '') IS NULL OR lower(t.cost_centre) = lower(trim($3)))
   AND (nullif(trim($4), '') IS NULL OR lower(t.city) = lower(trim($4)))

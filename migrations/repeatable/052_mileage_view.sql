@@ -3,7 +3,8 @@
 DROP VIEW IF EXISTS tracksolid.v_mileage_daily;
 CREATE VIEW tracksolid.v_mileage_daily AS
 SELECT m.imei,
-       (m.day_start AT TIME ZONE tracksolid.fleet_timezone())::date AS local_date,
+       (m.day_start AT TIME ZONE (SELECT tracksolid.fleet_timezone()))::date
+           AS local_date,
        m.day_start,
        m.fixes,
        m.first_fix,

@@ -159,7 +159,7 @@ COMMENT ON VIEW reporting.v_monthly_summary_cost_centre IS
 CREATE OR REPLACE VIEW reporting.v_trips_today AS
 SELECT *
 FROM reporting.v_trips
-WHERE trip_date = (now() AT TIME ZONE tracksolid.fleet_timezone())::date;
+WHERE trip_date = (SELECT tracksolid.local_today());
 COMMENT ON VIEW reporting.v_trips_today IS
     'Trips that started today (local day of the fleet zone).';
 

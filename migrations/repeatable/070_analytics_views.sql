@@ -1,6 +1,7 @@
 -- Analytics views over the base tables: what a fleet manager asks of the fleet
 -- today, per driver and per day. "Today" and every date are local days of the
--- fleet zone (tracksolid.fleet_timezone()).
+-- fleet zone (tracksolid.fleet_timezone()), read through a scalar subquery so
+-- that it is evaluated once per query rather than once per row.
 
 -- Dropped first so that a view may change its columns.
 DROP VIEW IF EXISTS tracksolid.v_driver_clock_attendance;
@@ -17,15 +18,6 @@ DROP VIEW IF EXISTS tracksolid.v_active_dispatch_map;
 DROP VIEW IF EXISTS tracksolid.v_fleet_status;
 DROP VIEW IF EXISTS tracksolid.v_fleet_today;
 
--- The local date of a timestamp in the fleet zone.
-CREATE OR REPLACE FUNCTION tracksolid.local_date(ts timestamptz) RETURNS date
-    LANGUAGE sql STABLE PARALLEL SAFE
-    AS $$ SELECT (ts AT TIME ZONE tracksolid.fleet_timezone())::date $$;
-
-CREATE OR REPLACE FUNCTION tracksolid.local_today() RETURNS date
-    LANGUAGE sql STABLE PARALLEL SAFE
-    AS $$ SELECT tracksolid.local_date(now()) $$;
-
 CREATE VIEW tracksolid.v_fleet_today AS
 SELECT d.imei,
        d.vehicle_number,
@@ -40,11 +32,11 @@ SELECT d.imei,
        max(t.max_speed_kmh) AS max_speed_kmh,
        (SELECT count(*) FROM tracksolid.alarms a
         WHERE a.imei = d.imei
-          AND a.alarm_time >= tracksolid.local_today()
-                              AT TIME ZONE tracksolid.fleet_timezone()) AS alarms
+          AND a.alarm_time >= (SELECT tracksolid.local_today())
+              AT TIME ZONE (SELECT tracksolid.fleet_timezone())) AS alarms
 FROM tracksolid.devices d
 LEFT JOIN reporting.v_trips t
-       ON t.imei = d.imei AND t.trip_date = tracksolid.local_today()
+       ON t.imei = d.imei AND t.trip_date = (SELECT tracksolid.local_today())
 WHERE coalesce(d.enabled, true)
 GROUP BY d.imei;
 COMMENT ON VIEW tracksolid.v_fleet_today IS
@@ -102,7 +94,8 @@ COMMENT ON VIEW tracksolid.v_currently_idle IS
     'moved (NULL: not in the last 24 hours); idling burns fuel.';
 
 CREATE VIEW tracksolid.v_alarms_daily AS
-SELECT tracksolid.local_date(a.alarm_time) AS day,
+SELECT (a.alarm_time AT TIME ZONE (SELECT tracksolid.fleet_timezone()))::date
+           AS day,
        a.alarm_type,
        max(a.alarm_name) AS alarm_name,
        count(*) AS alarms,
@@ -159,10 +152,10 @@ LEFT JOIN tracksolid.live_positions lp ON lp.imei = d.imei
 WHERE coalesce(d.enabled, true)
   AND NOT EXISTS (
       SELECT 1 FROM reporting.v_trips t
-      WHERE t.imei = d.imei AND t.trip_date = tracksolid.local_today())
+      WHERE t.imei = d.imei AND t.trip_date = (SELECT tracksolid.local_today()))
   AND NOT EXISTS (
       SELECT 1 FROM tracksolid.v_mileage_daily m
-      WHERE m.imei = d.imei AND m.local_date = tracksolid.local_today()
+      WHERE m.imei = d.imei AND m.local_date = (SELECT tracksolid.local_today())
         AND m.distance_km >= 0.5);
 COMMENT ON VIEW tracksolid.v_vehicles_not_moved_today IS
     'Enabled vehicles with no trip today and under 0.5 km of daily mileage: '
@@ -221,7 +214,9 @@ COMMENT ON VIEW tracksolid.v_driver_clock_daily IS
     '(clock out), hours on duty between them and hours actually driving.';
 
 CREATE VIEW tracksolid.v_driver_clock_today AS
-SELECT * FROM tracksolid.v_driver_clock_daily WHERE day = tracksolid.local_today();
+SELECT *
+FROM tracksolid.v_driver_clock_daily
+WHERE day = (SELECT tracksolid.local_today());
 COMMENT ON VIEW tracksolid.v_driver_clock_today IS
     'v_driver_clock_daily for today: who is working and since when.';
 
@@ -238,16 +233,17 @@ SELECT c.day,
        c.driver_name,
        c.clock_in,
        c.clock_out,
-       (c.clock_in AT TIME ZONE tracksolid.fleet_timezone())::time AS clock_in_local,
-       (c.clock_in AT TIME ZONE tracksolid.fleet_timezone())::time
+       (c.clock_in AT TIME ZONE (SELECT tracksolid.fleet_timezone()))::time
+           AS clock_in_local,
+       (c.clock_in AT TIME ZONE (SELECT tracksolid.fleet_timezone()))::time
            <= tracksolid.shift_start_local() AS on_time,
        greatest(0, round((extract(epoch FROM
-           (c.clock_in AT TIME ZONE tracksolid.fleet_timezone())::time
+           (c.clock_in AT TIME ZONE (SELECT tracksolid.fleet_timezone()))::time
            - tracksolid.shift_start_local()) / 60)::numeric)) AS minutes_late,
        c.on_duty_hours,
        c.driving_hours
 FROM tracksolid.v_driver_clock_daily c
-WHERE c.day >= tracksolid.local_today() - 30;
+WHERE c.day >= (SELECT tracksolid.local_today()) - 30;
 COMMENT ON VIEW tracksolid.v_driver_clock_attendance IS
     'Attendance over the last 30 local days: per driver and day, the clock-in '
     'local time, whether it was on time against the shift start (setting '
