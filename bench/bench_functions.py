@@ -10,7 +10,9 @@ of every fourth, and the latest fix of each vehicle. Then times:
 * ``fn_live_positions(NULL, NULL)``,
 
 each ``--runs`` times, and prints the server's execution time and the client's
-median and 95th percentile round trip in ms against the 50 ms target. Uses
+median and 95th percentile round trip in ms against the 50 ms target; then,
+once each, what the API's refresh loop runs (v_trips, daily mileage,
+partitions). Uses
 ``DATABASE_URL`` (a server where databases may be created) or starts the
 embedded PostgreSQL. Run: ``python -m bench.bench_functions
 --vehicles 50 --days 2`` for a quick look.
@@ -151,6 +153,26 @@ def report(name: str, times: list[float], server_ms: float, rows: int) -> None:
     )
 
 
+async def time_refreshes(conn) -> None:
+    """Time what the API's refresh loop runs every interval, once each."""
+    for name, sql in (
+        ("refresh_v_trips()", "SELECT reporting.refresh_v_trips()"),
+        (
+            "refresh_mileage_daily(last day)",
+            "SELECT tracksolid.refresh_mileage_daily(now() - interval '1 day', NULL)",
+        ),
+        (
+            "refresh_mileage_daily(all days)",
+            "SELECT tracksolid.refresh_mileage_daily(NULL, NULL)",
+        ),
+        ("ensure_partitions()", "SELECT tracksolid.ensure_partitions()"),
+    ):
+        began = time.perf_counter()
+        rows = await conn.fetchval(sql)
+        took = time.perf_counter() - began
+        print(f"{name:<40} rows {rows:>6}  took {took * 1000:9.1f} ms")
+
+
 async def bench(url: str, args: argparse.Namespace) -> None:
     await migrate(url)
     conn = await asyncpg.connect(url, server_settings={"timezone": "UTC"})
@@ -207,6 +229,7 @@ async def bench(url: str, args: argparse.Namespace) -> None:
                 conn, args.runs, "SELECT * FROM reporting.fn_live_positions(NULL, NULL)"
             ),
         )
+        await time_refreshes(conn)
     finally:
         await conn.close()
 
