@@ -292,9 +292,18 @@ class PartitionLoader:
             fix = Fix.from_list(json.loads(record["body"]))
             self.after.setdefault(imei, {})[fix.t] = fix
 
-    async def read(self, tps: list[TopicPartition]) -> None:
-        """Read every partition from its start to the fetch high watermark."""
-        settings = self.worker.settings
+    @property
+    def unsnapshotted(self) -> int:
+        """Return how many fixes were written after their device's last head."""
+        return sum(len(fixes) for fixes in self.after.values())
+
+    @classmethod
+    async def read(
+        cls, worker: DerivedWorker, tps: list[TopicPartition]
+    ) -> dict[int, PartitionLoader]:
+        """Read partitions from their start to the fetch high watermark."""
+        settings = worker.settings
+        loaders = {tp.partition: cls(worker) for tp in tps}
         consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap_servers,
             group_id=None,
@@ -308,11 +317,13 @@ class PartitionLoader:
             await consumer.seek_to_beginning(*tps)
             waiting = set(tps)
             while waiting:
-                batch = await consumer.getmany(*waiting, timeout_ms=200)
-                for records in batch.values():
+                batch = await consumer.getmany(*waiting, timeout_ms=50)
+                for tp, records in batch.items():
                     for record in records:
-                        self.take(record.key, record.value)
+                        loaders[tp.partition].take(record.key, record.value)
                 for tp in list(waiting):
+                    # The fetch response's high watermark, not end_offsets():
+                    # the embedded broker reports the latter short.
                     highwater = consumer.highwater(tp)
                     if (
                         highwater is not None
@@ -321,6 +332,7 @@ class PartitionLoader:
                         waiting.discard(tp)
         finally:
             await consumer.stop()
+        return loaders
 
     def devices(self, wall_ms: int, batch: Batch) -> dict[str, DeviceDerivation]:
         """Return the rebuilt devices; fixes written after a head go to ``batch``."""
@@ -553,39 +565,21 @@ class DerivedWorker(ConsumerRebalanceListener):
         started = time.monotonic()
         wall = now_ms()
         tps = [TopicPartition(self.state_topic, p) for p in partitions]
+        loaders = await PartitionLoader.read(self, tps)
         batches = []
-        restored = 0
-        for tp in tps:
-            loader = PartitionLoader(self)
-            await loader.read([tp])
-            out = Batch(self, tp.partition)
-            self.partitions[tp.partition] = loader.devices(wall, out)
-            restored += len(self.partitions[tp.partition])
+        for partition, loader in loaders.items():
+            out = Batch(self, partition)
+            self.partitions[partition] = loader.devices(wall, out)
             batches.append(out)
         await self._send(batches)
         logger.info(
-            "derived state of %d devices in %d partitions recovered in %.2f s",
-            restored,
+            "derived state of %d devices in %d partitions recovered in %.2f s; "
+            "%d fixes written after the last snapshot applied again",
+            sum(len(self.partitions[p]) for p in loaders),
             len(partitions),
             time.monotonic() - started,
+            sum(loader.unsnapshotted for loader in loaders.values()),
         )
-
-    def snapshot(self) -> dict[str, dict]:
-        """Return a comparable picture of every device's state (for checks)."""
-        wall = 0
-        result = {}
-        for devices in self.partitions.values():
-            for imei, device in devices.items():
-                result[imei] = {
-                    "fixes": list(device.track.times),
-                    "days": {
-                        d: device.day_record(d, wall)
-                        for d in sorted(device.ledger.days)
-                    },
-                    "trips": device.trips(wall),
-                    "machine": device.machine.to_state(),
-                }
-        return result
 
 
 def register(app, settings: Settings) -> None:
@@ -593,14 +587,22 @@ def register(app, settings: Settings) -> None:
     from mode import Service
 
     class DerivedService(Service):
+        """The derived worker, started and stopped with the faust app."""
+
         async def on_start(self) -> None:
             self._stop = asyncio.Event()
-            self._worker = DerivedWorker(settings)
-            self._task = asyncio.ensure_future(self._worker.run(self._stop))
+            self._running = self.add_future(self._run())
+
+        async def _run(self) -> None:
+            try:
+                await DerivedWorker(settings).run(self._stop)
+            except Exception as exc:
+                logger.exception("derived worker failed; stopping the stage")
+                await self.crash(exc)
 
         async def on_stop(self) -> None:
             self._stop.set()
-            await self._task
+            await asyncio.wait({self._running}, timeout=30)
 
     app.service(DerivedService)
 
