@@ -32,6 +32,8 @@ VEHICLES = [
     ("860000000000012", "KBX 456B", -1.3005, 36.7801, False),
     ("860000000000013", "KCC.789C", -4.0435, 39.6682, None),
 ]
+# Its last fix is two hours old: offline, drawn faded.
+STALE_IMEI = "860000000000013"
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -106,7 +108,16 @@ async def seed(url: str, now: datetime) -> None:
             "INSERT INTO tracksolid.live_positions (imei, gps_time, lat, lng,"
             " speed_kmh, acc_on, source, origin, received_at)"
             " VALUES ($1, $2, $3, $4, 20, $5, 'poll', 'test', now())",
-            [(imei, now, lat, lng, acc) for imei, _, lat, lng, acc in VEHICLES],
+            [
+                (
+                    imei,
+                    now - timedelta(hours=2 if imei == STALE_IMEI else 0),
+                    lat,
+                    lng,
+                    acc,
+                )
+                for imei, _, lat, lng, acc in VEHICLES
+            ],
         )
         await conn.executemany(
             "INSERT INTO tracksolid.position_history (imei, gps_time, lat, lng,"
@@ -203,6 +214,9 @@ async def test_live_map_shows_and_moves_every_vehicle(api_url, settings):
         )
         expected = {True: "acc-on", False: "acc-off", None: "acc-unknown"}[acc]
         assert expected in shown[imei]["class"].split()
+    offline = [imei for imei in shown if "offline" in shown[imei]["class"].split()]
+    assert offline == [STALE_IMEI]
+    assert shown[STALE_IMEI]["data-status"] == "offline"
     # No tile URL configured: a plain background, no tile requests.
     assert "no-tiles" in page.by_id["map"]["class"].split()
     assert page.tiles == []

@@ -23,7 +23,12 @@
 
   function icon(vehicle) {
     const root = Fleet.element("div", {
-      class: `vehicle ${accClass(vehicle.acc)}${vehicle.imei === selected ? " selected" : ""}`,
+      class: [
+        "vehicle",
+        accClass(vehicle.acc),
+        vehicle.status === "offline" ? "offline" : "",
+        vehicle.imei === selected ? "selected" : "",
+      ].filter(Boolean).join(" "),
       "data-imei": vehicle.imei,
       "data-plate": vehicle.vehicle_number || "",
       "data-lat": vehicle.lat,
@@ -31,6 +36,7 @@
       "data-acc": vehicle.acc || "",
       "data-speed": vehicle.speed,
       "data-gps-time": vehicle.gps_time,
+      "data-status": vehicle.status,
       title: `${plateOf(vehicle)} ${vehicle.speed ?? 0} km/h`,
     });
     root.append(Fleet.element("span", { class: "dot" }));
@@ -92,6 +98,7 @@
       ["Driver", vehicle.driver_name],
       ["Speed", `${vehicle.speed ?? 0} km/h`],
       ["Ignition", vehicle.acc],
+      ["Status", vehicle.status],
       ["Fix", Fleet.localTime(vehicle.gps_time)],
       ["Cost centre", vehicle.cost_centre],
     ];
@@ -118,7 +125,10 @@
     try {
       const body = await Fleet.requestJSON(`/webhook/live-positions/track?${query}`);
       if (track) track.remove();
-      const points = body.points.map((point) => [point.lat, point.lng]);
+      // Two devices may carry one plate; the track is the clicked device's own.
+      const points = body.points
+        .filter((point) => point.imei === vehicle.imei)
+        .map((point) => [point.lat, point.lng]);
       track = L.polyline(points, { color: "#1f6feb", weight: 4, className: "track" });
       track.addTo(map);
       if (frame) {
