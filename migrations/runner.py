@@ -4,7 +4,7 @@ Versioned files (``NNNN_name.sql``) run once, in number order, each in its own
 transaction, and are recorded with the sha256 of their text; editing a file that
 has already been applied is refused. Repeatable files (``NNN_name.sql``: views,
 functions, policies) run after them in name order, again whenever their text or
-the fleet settings they read change, and then every later repeatable file runs
+the fleet zone they bake in changes, and then every later repeatable file runs
 too.
 
 A file named ``name.timescaledb.sql`` or ``name.postgres.sql`` is a variant that
@@ -41,6 +41,7 @@ VARIANT = r"(?:\.(timescaledb|postgres))?\.sql$"
 VERSIONED_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+?)" + VARIANT)
 REPEATABLE_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+?)" + VARIANT)
 PARTITIONS_AHEAD = "3 months"
+BAKED_SETTINGS = ("fleet_timezone",)
 
 
 class MigrationError(FleetstreamError):
@@ -167,13 +168,21 @@ def _verify(scripts: list[Script], ledger: dict) -> None:
 
 
 async def _settings_salt(conn: asyncpg.Connection) -> str:
-    """Return the fleet settings that repeatable files read, as checksum salt."""
+    """Return the settings that repeatable files bake in, as checksum salt.
+
+    Only the fleet zone is fixed at creation (the continuous aggregate's buckets);
+    other settings are read when a query runs and need no rebuild.
+    """
     exists = await conn.fetchval(
         "SELECT to_regclass('tracksolid.settings') IS NOT NULL"
     )
     if not exists:
         return ""
-    rows = await conn.fetch("SELECT key, value FROM tracksolid.settings ORDER BY key")
+    rows = await conn.fetch(
+        "SELECT key, value FROM tracksolid.settings WHERE key = ANY ($1::text[]) "
+        "ORDER BY key",
+        list(BAKED_SETTINGS),
+    )
     return "\n-- settings " + json.dumps({row["key"]: row["value"] for row in rows})
 
 

@@ -133,9 +133,17 @@ async def test_changed_repeatable_file_reruns_with_those_after_it(
 
 async def test_changed_fleet_zone_rebuilds_the_daily_mileage(empty_database_url):
     await migrate(empty_database_url)
+    conn = await asyncpg.connect(empty_database_url)
+    await conn.execute(
+        "INSERT INTO tracksolid.settings VALUES ('shift_start_local', '07:30')"
+    )
+    await conn.close()
+    # Settings read at query time need no rebuild; the zone does.
+    unchanged = await migrate(empty_database_url, fleet_timezone="Africa/Nairobi")
 
     steps = await migrate(empty_database_url, fleet_timezone="Asia/Kolkata")
 
+    assert unchanged == ["ensure_partitions 3 months: 0 created"]
     assert "repeatable 051_mileage_daily.postgres.sql" in steps
     conn = await asyncpg.connect(empty_database_url)
     try:
