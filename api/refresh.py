@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 REFRESH_LOCK_KEY = 920145
 TRIPS_VIEW = "reporting.v_trips"
 # Plain PostgreSQL only: the table standing in for the continuous aggregate. On
-# TimescaleDB a policy refreshes the aggregate and the function does not exist.
+# TimescaleDB it is the aggregate itself, kept up to date by a policy, and the
+# refresh function is a no-op that the loop does not call.
 MILEAGE_TABLE = "tracksolid.v_mileage_daily_cagg"
 MILEAGE_REFRESH = "tracksolid.refresh_mileage_daily(timestamptz,timestamptz)"
 # Local days touching the last day are recomputed, so fixes that arrive late
@@ -94,7 +95,7 @@ async def _ran_within(conn: asyncpg.Connection, seconds: float) -> bool:
 
 async def _refresh_all(conn: asyncpg.Connection) -> list[RefreshRun]:
     runs = [await _run(conn, TRIPS_VIEW, "SELECT reporting.refresh_v_trips()")]
-    if await _exists(conn, MILEAGE_REFRESH):
+    if await _is_table(conn, MILEAGE_TABLE) and await _exists(conn, MILEAGE_REFRESH):
         runs.append(
             await _run(
                 conn,
@@ -109,6 +110,13 @@ async def _refresh_all(conn: asyncpg.Connection) -> list[RefreshRun]:
         if created:
             logger.info("created %d partitions ahead", created)
     return runs
+
+
+async def _is_table(conn: asyncpg.Connection, name: str) -> bool:
+    kind = await conn.fetchval(
+        "SELECT relkind FROM pg_class WHERE oid = to_regclass($1)", name
+    )
+    return kind in ("r", "p")
 
 
 async def _exists(conn: asyncpg.Connection, signature: str) -> bool:
@@ -141,5 +149,5 @@ async def _run(
         )
         return run
     run = RefreshRun(relation, True, rows, time.monotonic() - clock)
-    logger.info("refreshed %s: %d rows in %.3f s", relation, rows, run.seconds)
+    logger.info("refreshed %s: %s rows in %.3f s", relation, rows, run.seconds)
     return run
