@@ -14,6 +14,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -347,7 +348,20 @@ async def database_closed(settings):
         await admin.close()
 
 
-async def test_database_outage_pauses_and_resumes_without_loss(settings):
+@contextlib.asynccontextmanager
+async def table_renamed(settings):
+    """Take tracksolid.live_positions away while connections stay open."""
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute("ALTER TABLE tracksolid.live_positions RENAME TO away")
+        yield
+    finally:
+        await conn.execute("ALTER TABLE tracksolid.away RENAME TO live_positions")
+        await conn.close()
+
+
+@pytest.mark.parametrize("outage", [database_closed, table_renamed])
+async def test_database_outage_pauses_and_resumes_without_loss(settings, outage):
     before = [position(imei, m) for imei in IMEIS for m in range(5)]
     during = [position(imei, m) for imei in IMEIS for m in range(5, 12)]
     sink = fast(settings, POSITION)
@@ -359,7 +373,7 @@ async def test_database_outage_pauses_and_resumes_without_loss(settings):
         await until(
             lambda: committed_total(settings, group, len(before)), what="first commit"
         )
-        async with database_closed(settings):
+        async with outage(settings):
             await produce(settings, "position", during)
             # Longer than the session timeout: the paused consumer must keep its
             # membership, so the group never rebalances.
