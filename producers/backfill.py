@@ -213,8 +213,10 @@ async def run_backfill(
     stop: asyncio.Event | None = None,
 ) -> Outcome:
     """Backfill ``[begin, end)`` for ``imeis`` (every device when None)."""
-    latest = datetime.now(UTC).replace(microsecond=0)
-    end = min(end, latest)
+    # The job is named after the period asked for, so a rerun finds its
+    # progress even when the period reaches past now and is cut short.
+    job = job_id(begin, end, imeis)
+    end = min(end, datetime.now(UTC).replace(microsecond=0))
     if end <= begin:
         raise ConfigError(f"nothing to backfill between {begin} and {end}")
     pool = await create_pool(settings.database_url, min_size=1, max_size=2)
@@ -225,7 +227,6 @@ async def run_backfill(
         publisher = RawPublisher(producer, settings, "backfill")
         poller = Poller(settings, client, pool, publisher)
         devices = list(imeis) if imeis else await poller.poll_devices()
-        job = job_id(begin, end, imeis)
         backfill = Backfill(settings, client, pool, poller)
         units = backfill.plan(devices, begin, end)
         logger.info(
