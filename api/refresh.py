@@ -114,7 +114,7 @@ async def _refresh_all(conn: asyncpg.Connection) -> list[RefreshRun]:
 
 async def _is_table(conn: asyncpg.Connection, name: str) -> bool:
     kind = await conn.fetchval(
-        "SELECT relkind FROM pg_class WHERE oid = to_regclass($1)", name
+        "SELECT relkind::text FROM pg_class WHERE oid = to_regclass($1)", name
     )
     return kind in ("r", "p")
 
