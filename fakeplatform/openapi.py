@@ -683,7 +683,8 @@ class FakeOpenApi:
     def _min_stop(self) -> timedelta:
         return timedelta(seconds=self.config.parking_min_seconds)
 
-    def _alarms(self, imei: str, begin: datetime, end: datetime) -> list[dict]:
+    def alarms(self, imei: str, begin: datetime, end: datetime) -> list[dict]:
+        """Return the alarm rows of one device with fix times in [begin, end]."""
         trace = self._traces[imei]
         rows = []
         previous: TracePoint | None = None
@@ -746,7 +747,7 @@ class FakeOpenApi:
             row
             for imei in imeis
             if imei in self._traces
-            for row in self._alarms(imei, begin, end)
+            for row in self.alarms(imei, begin, end)
         ]
         rows.sort(key=lambda r: (r["alertTime"], r["imei"]))
         rows = rows[:MAX_ALARM_ROWS]

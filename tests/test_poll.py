@@ -241,7 +241,7 @@ async def test_alarms_are_paged_and_a_repeated_page_stops(make_settings, databas
         expected = sorted(
             (row["imei"], row["alertTime"], row["alertTypeId"])
             for t in traces
-            for row in fake.api._alarms(t.imei, begin, now)
+            for row in fake.api.alarms(t.imei, begin, now)
         )
         assert 100 < len(expected) < 1000, "the traces must give more than one page"
         harness = await Harness().start(settings)
