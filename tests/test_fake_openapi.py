@@ -384,3 +384,19 @@ async def test_fake_platform_command_serves_until_sigterm():
     assert len(body["result"]["accessToken"]) == 32
     assert process.returncode == 0
     assert "fake platform stopped after 1 calls" in stderr.decode()
+
+
+async def test_calls_per_window_are_limited(fake):
+    access = await token(fake)
+    target = fake.api.config.user_id
+    fake.api.configure({"window_calls": 3, "window_seconds": 0.5})
+
+    def listing():
+        return request(fake, "jimi.user.device.list", token=access, target=target)
+
+    burst = [(await listing())["code"] for _ in range(5)]
+    await asyncio.sleep(0.6)
+    after = (await listing())["code"]
+
+    assert burst == [0, 0, 0, 1006, 1006]
+    assert after == 0
