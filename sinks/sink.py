@@ -143,11 +143,11 @@ class Sink:
     async def _consume(self, stop: asyncio.Event) -> None:
         next_report = time.monotonic() + self.stats_interval_seconds
         while not stop.is_set():
-            batch, began = await self._collect(stop)
+            batch, ends, began = await self._collect(stop)
             if batch:
                 try:
                     async with self._batch_lock:
-                        await self._handle(batch, began, stop)
+                        await self._handle(batch, ends, began, stop)
                 except Stopping:
                     logger.info(
                         "sink %s: stopped while retrying; %d records not committed, "
@@ -160,8 +160,10 @@ class Sink:
                 logger.info("%s", self.stats.summary())
                 next_report = time.monotonic() + self.stats_interval_seconds
 
-    async def _collect(self, stop: asyncio.Event) -> tuple[list[ConsumerRecord], float]:
-        """Return the next batch and when its first records arrived.
+    async def _collect(
+        self, stop: asyncio.Event
+    ) -> tuple[list[ConsumerRecord], dict[TopicPartition, int], float]:
+        """Return the next batch, its next offset per partition, when it began.
 
         The batch is empty when nothing arrived within the wait; otherwise it
         closes at the record limit or the wait after its first records.
@@ -169,6 +171,7 @@ class Sink:
         limit = self.settings.sink_batch_max_records
         wait = self.settings.sink_batch_max_wait_ms / 1000
         batch: list[ConsumerRecord] = []
+        ends: dict[TopicPartition, int] = {}
         began = time.monotonic()
         deadline = began + wait
         while len(batch) < limit and not stop.is_set():
@@ -181,14 +184,19 @@ class Sink:
             if fetched and not batch:
                 began = time.monotonic()
                 deadline = began + wait
-            for records in fetched.values():
+            for tp, records in fetched.items():
                 batch.extend(records)
+                ends[tp] = records[-1].offset + 1
             if not batch:
                 break
-        return batch, began
+        return batch, ends, began
 
     async def _handle(
-        self, batch: list[ConsumerRecord], began: float, stop: asyncio.Event
+        self,
+        batch: list[ConsumerRecord],
+        ends: dict[TopicPartition, int],
+        began: float,
+        stop: asyncio.Event,
     ) -> None:
         rows, sources, dead = self._decode(batch)
 
@@ -199,9 +207,7 @@ class Sink:
         if dead:
             await self._retrying(stop, "dead-letter topic", self._send_dead, dead)
 
-        for record in batch:
-            tp = TopicPartition(record.topic, record.partition)
-            self._pending[tp] = max(self._pending.get(tp, 0), record.offset + 1)
+        self._pending.update(ends)
         await self._retrying(stop, "group coordinator", self._commit_pending)
         self.stats.observe_batch(len(batch), changed, len(dead), began)
 
