@@ -775,6 +775,10 @@ class FakeOpenApi:
                 continue
             _, stops = _split(self._fixes(imei, begin, end), self._min_stop)
             for stop, go in stops:
+                # A standstill with the ignition on is idling, else parking.
+                acc = "on" if stop[1].acc_on else "off"
+                if params.get("acc_type") not in (None, "", acc):
+                    continue
                 seconds = int((go[0] - stop[0]).total_seconds())
                 rows.append(
                     {
@@ -789,7 +793,7 @@ class FakeOpenApi:
                         "mcType": "JC400P"
                         if trace.name.startswith("truck")
                         else "VL802",
-                        "acc": "off",
+                        "acc": acc,
                         "stopSecond": str(seconds),
                     }
                 )

@@ -2,8 +2,8 @@
 
 Three schedules run side by side: the device registry (and sub-accounts), live
 locations (``location.list`` per account, then ``location.get`` for devices the
-list silently left out), and history: track points per device, alarms and trips
-per batch of devices.
+list silently left out), and history: track points per device; alarms, trips
+and parking/idling reports per batch of devices.
 
 History is read in windows that start ``poll_tracks_overlap_seconds`` before the
 device's watermark, so points the platform receives late are still caught. A
@@ -46,11 +46,13 @@ LOCATION_GET = "jimi.device.location.get"
 TRACK_LIST = "jimi.device.track.list"
 TRACK_MILEAGE = "jimi.device.track.mileage"
 ALARM_LIST = "jimi.device.alarm.list"
+PARKING = "jimi.open.platform.report.parking"
 
 MAX_LOCATION_IMEIS = 100
 MAX_ALARM_IMEIS = 100
 MILEAGE_BATCH = 50
 ALARM_PAGE_SIZE = 100
+PARKING_PAGE_SIZE = 100
 MAX_ALARM_ROWS = 1000
 MAX_TRACK_WINDOW = timedelta(days=7)
 MAX_ALARM_WINDOW = timedelta(days=30)
@@ -66,6 +68,14 @@ def worker_name(stage: str) -> str:
 
 def chunks(items: Sequence[str], size: int) -> list[list[str]]:
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+def _count(value) -> int:
+    """Return a count the platform may send as a number or a string."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
 
 
 def whole_second(moment: datetime) -> datetime:
@@ -214,6 +224,41 @@ class Poller:
             TRACK_MILEAGE, MILEAGE_BATCH, MAX_TRACK_WINDOW, self._mileage_window
         )
 
+    async def poll_parking(self) -> int:
+        """Publish the platform's parking and idling reports since each watermark."""
+        return await self._poll_batches(
+            PARKING, MAX_LOCATION_IMEIS, MAX_ALARM_WINDOW, self.parking_window
+        )
+
+    async def parking_window(self, imeis, begin, end) -> int:
+        """Publish parking (ignition off) and idling (on) rows of one window.
+
+        Integrators report that the platform answers some start_row/page_size
+        pairs with 1001; this worker asks for 0/100, 100/100, ... only, and a
+        refused window is retried in the next cycle.
+        """
+        published = 0
+        for acc_type in ("off", "on"):
+            start_row = 0
+            while True:
+                envelope = await self.client.call(
+                    PARKING,
+                    account=self.target,
+                    imeis=imeis,
+                    start_time=begin,
+                    end_time=end,
+                    start_row=start_row,
+                    page_size=PARKING_PAGE_SIZE,
+                    acc_type=acc_type,
+                )
+                rows = envelope.records()
+                published += await self._publish(envelope)
+                start_row += len(rows)
+                total = _count((envelope.data or {}).get("dataTotalRows"))
+                if len(rows) < PARKING_PAGE_SIZE or 0 < total <= start_row:
+                    break
+        return published
+
     async def _mileage_window(self, imeis, begin, end) -> int:
         envelope = await self.client.call(
             TRACK_MILEAGE, imeis=imeis, begin_time=begin, end_time=end
@@ -288,11 +333,12 @@ class Poller:
         return published
 
     async def poll_history(self) -> int:
-        """Poll tracks, alarms and trips, one after the other."""
+        """Poll tracks, alarms, trips and parkings, one after the other."""
         return (
             await self.poll_tracks()
             + await self.poll_alarms()
             + await self.poll_trips()
+            + await self.poll_parking()
         )
 
 

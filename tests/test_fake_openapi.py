@@ -273,7 +273,7 @@ async def test_mileage_unit_alarm_paging_and_parking(fake):
         imeis=imeis,
         start_time=window["begin_time"],
         end_time=window["end_time"],
-        acc_type="off",
+        acc_type="on",
     )
 
     totals = {t["imei"]: t["totalMileage"] for t in km["data"]}
@@ -293,6 +293,7 @@ async def test_mileage_unit_alarm_paging_and_parking(fake):
     for row in parking["data"]["rows"]:
         assert iso_z.match(row["startTime"]) and iso_z.match(row["endTime"])
         assert isinstance(row["durSecond"], str) and int(row["durSecond"]) >= 120
+        assert row["acc"] == "on", "the trucks stand with the ignition on: idling"
     assert parking["data"]["dataTotalRows"] == str(len(parking["data"]["rows"]))
 
 

@@ -28,6 +28,7 @@ from fleetstream.kafka import ensure_topics, make_consumer, make_producer
 from producers.client import IpLimitError, TracksolidClient, parse_time
 from producers.poll import (
     ALARM_LIST,
+    PARKING,
     TRACK_LIST,
     TRACK_MILEAGE,
     Poller,
@@ -460,3 +461,28 @@ async def test_watermark_stays_when_kafka_refuses_the_records(
 
     assert marks == {traces[0].imei: seeded}
     assert any(c.method == TRACK_LIST and c.code == 0 for c in fake.api.calls)
+
+
+async def test_parking_and_idling_reports_are_published(make_settings, database_url):
+    traces = load_traces(["truck-A", "truck-B"])
+    now = datetime.now(UTC)
+    replay = history_replay(traces, now)
+    async with FakePlatform(FakeConfig(include_expired_device=False), replay) as fake:
+        settings = poll_settings(make_settings, database_url, fake)
+        harness = await Harness().start(settings)
+        try:
+            await harness.poller.poll_devices()
+            begin = now - timedelta(hours=3)
+            await save_watermarks(harness.pool, PARKING, harness.poller.devices, begin)
+            await harness.poller.poll_parking()
+        finally:
+            await harness.stop()
+
+    events = await read_raw(settings, "parking")
+    rows = [json.loads(e["payload"]) for e in events]
+    assert rows and {r["acc"] for r in rows} == {"on"}
+    assert {e["imei"] for e in events} == {t.imei for t in traces}
+    assert all(r["startTime"].endswith("Z") for r in rows)
+    calls = [c.params for c in fake.api.calls if c.method == PARKING]
+    assert [c["acc_type"] for c in calls] == ["off", "on"]
+    assert all(c["start_row"] == "0" and c["account"] == "fleet_demo_ke" for c in calls)
