@@ -387,26 +387,31 @@ async def test_backfill_resumes_without_gaps_or_duplicates(
     assert progress and progress[-1].split(": ")[1].startswith("7/7 windows")
 
 
+def command_env(settings, fake) -> dict[str, str]:
+    """Return the environment that points a ``fleetstream`` command at the test."""
+    config = fake.api.config
+    return {
+        **os.environ,
+        "FLEETSTREAM_ENVIRONMENT": "test",
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "FLEETSTREAM_BROKER_PROFILE": settings.broker_profile,
+        "DATABASE_URL": settings.database_url,
+        "FLEETSTREAM_TOPIC_PREFIX": settings.topic_prefix,
+        "FLEETSTREAM_TRACKSOLID_BASE_URL": fake.base_url,
+        "FLEETSTREAM_TRACKSOLID_APP_KEY": config.app_key,
+        "FLEETSTREAM_TRACKSOLID_APP_SECRET": config.app_secret,
+        "FLEETSTREAM_TRACKSOLID_USER_ID": config.user_id,
+        "FLEETSTREAM_TRACKSOLID_USER_PWD_MD5": config.user_pwd_md5,
+    }
+
+
 async def test_poll_command_runs_until_sigterm(make_settings, database_url):
     traces = load_traces(["truck-B"])
     replay = Replay(traces, datetime.now(UTC) - timedelta(minutes=5))
     async with FakePlatform(FakeConfig(), replay) as fake:
         settings = poll_settings(make_settings, database_url, fake)
         await ensure_topics(settings)
-        config = fake.api.config
-        env = {
-            **os.environ,
-            "FLEETSTREAM_ENVIRONMENT": "test",
-            "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-            "FLEETSTREAM_BROKER_PROFILE": settings.broker_profile,
-            "DATABASE_URL": database_url,
-            "FLEETSTREAM_TOPIC_PREFIX": settings.topic_prefix,
-            "FLEETSTREAM_TRACKSOLID_BASE_URL": fake.base_url,
-            "FLEETSTREAM_TRACKSOLID_APP_KEY": config.app_key,
-            "FLEETSTREAM_TRACKSOLID_APP_SECRET": config.app_secret,
-            "FLEETSTREAM_TRACKSOLID_USER_ID": config.user_id,
-            "FLEETSTREAM_TRACKSOLID_USER_PWD_MD5": config.user_pwd_md5,
-        }
+        env = command_env(settings, fake)
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -486,3 +491,39 @@ async def test_parking_and_idling_reports_are_published(make_settings, database_
     calls = [c.params for c in fake.api.calls if c.method == PARKING]
     assert [c["acc_type"] for c in calls] == ["off", "on"]
     assert all(c["start_row"] == "0" and c["account"] == "fleet_demo_ke" for c in calls)
+
+
+async def test_backfill_command_reports_progress(make_settings, database_url):
+    traces = load_traces(["visnjan-car"])
+    now = datetime.now(UTC).replace(microsecond=0)
+    replay = history_replay(traces, now - timedelta(days=1))
+    async with FakePlatform(FakeConfig(), replay) as fake:
+        settings = poll_settings(make_settings, database_url, fake)
+        await ensure_topics(settings)
+        env = {
+            **command_env(settings, fake),
+            "FLEETSTREAM_BACKFILL_CALL_INTERVAL_SECONDS": "0",
+        }
+        start = (now - timedelta(days=9)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "fleetstream.cli",
+            "backfill",
+            "--from",
+            start,
+            "--to",
+            format_platform_time(now),
+            "--imei",
+            traces[0].imei,
+            env=env,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, stderr = await asyncio.wait_for(process.communicate(), 60)
+
+    log = stderr.decode()
+    assert process.returncode == 0, log[-2000:]
+    assert "3/3 windows" in log and "windows/min" in log
+    events = await read_raw(settings, "position")
+    assert len(events) == sum(is_valid_fix(p) for p in traces[0].points)
+    assert {e["source"] for e in events} == {"backfill"}
