@@ -59,7 +59,11 @@ def poll_settings(make_settings, database_url, platform, **overrides):
 
 
 async def read_raw(settings, kind: str, idle_s: float = 1.0) -> list[dict]:
-    """Return every RawEvent on a raw topic, with its key, oldest first per key."""
+    """Return every RawEvent on a raw topic, with its key, oldest first per key.
+
+    Reads until the topic stays quiet for ``idle_s``: the embedded broker
+    reports wrong end offsets, so "read up to the end" cannot be asked of it.
+    """
     consumer = make_consumer(
         settings, settings.topic("raw", kind), group_id=None, fetch_max_wait_ms=20
     )
