@@ -8,6 +8,7 @@ vehicle's IMEI, plate and coordinates as data attributes.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import re
 import shutil
@@ -18,8 +19,10 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
+from pathlib import Path
 from urllib.parse import quote
 
+import aiohttp  # installed with faust-streaming; its WebSocket client speaks DevTools
 import asyncpg
 import httpx
 import pytest
@@ -32,6 +35,7 @@ VEHICLES = [
     ("860000000000012", "KBX 456B", -1.3005, 36.7801, False),
     ("860000000000013", "KCC.789C", -4.0435, 39.6682, None),
 ]
+DEVTOOLS_CALLS = itertools.count(1)
 # Its last fix is two hours old: offline, drawn faded.
 STALE_IMEI = "860000000000013"
 CHROMIUM_FLAGS = [
@@ -280,3 +284,78 @@ async def test_live_map_draws_tiles_from_the_configured_url(api_url):
         re.fullmatch(r"/static/tiles/\d+/\d+/\d+\.png", src) for src in page.tiles
     )
     assert len(markers(page, "vehicle")) == len(VEHICLES)
+
+
+async def evaluate(socket, expression: str):
+    """Return the value of ``expression`` evaluated in the page (DevTools protocol)."""
+    call = next(DEVTOOLS_CALLS)
+    await socket.send_json(
+        {
+            "id": call,
+            "method": "Runtime.evaluate",
+            "params": {"expression": expression, "returnByValue": True},
+        }
+    )
+    while True:
+        message = await socket.receive_json(timeout=10)
+        if message.get("id") == call:
+            return message["result"]["result"].get("value")
+
+
+async def wait_for(socket, expression: str, seconds: float = 15):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if value := await evaluate(socket, expression):
+            return value
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{expression} stayed false for {seconds} s")
+
+
+async def test_live_map_moves_a_marker_in_place_when_its_fix_changes(api_url, settings):
+    # One page stays open, in real time, so its own polling has to move the
+    # marker; the dumps above load the page afresh each time.
+    marker = "document.querySelector('.vehicle[data-imei=\"860000000000011\"]')"
+    with tempfile.TemporaryDirectory(prefix="fs-chromium-") as profile:
+        flags = [f for f in CHROMIUM_FLAGS if not f.startswith("--virtual-time")]
+        browser = subprocess.Popen(
+            [chromium(), *flags, f"--user-data-dir={profile}",
+             "--remote-debugging-port=0", f"{api_url}/map/live"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            port_file = Path(profile) / "DevToolsActivePort"
+            for _ in range(100):
+                if port_file.exists() and port_file.read_text().strip():
+                    break
+                await asyncio.sleep(0.1)
+            port = port_file.read_text().split()[0]
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"http://127.0.0.1:{port}/json/list") as answer:
+                    targets = await answer.json()
+                page = next(t for t in targets if t["type"] == "page")
+                async with http.ws_connect(page["webSocketDebuggerUrl"]) as socket:
+                    await wait_for(socket, f"{marker} !== null")
+                    await evaluate(socket, "window.sameDocument = true")
+
+                    conn = await asyncpg.connect(settings.database_url)
+                    await conn.execute(
+                        "UPDATE tracksolid.live_positions SET lat = -1.2821,"
+                        " gps_time = gps_time + interval '1 minute'"
+                        " WHERE imei = '860000000000011'"
+                    )
+                    await conn.close()
+                    moved = await wait_for(
+                        socket, f"{marker}.dataset.lat === '-1.2821' && 'moved'"
+                    )
+                    reloaded = await evaluate(socket, "window.sameDocument !== true")
+                    count = await evaluate(
+                        socket, "document.querySelectorAll('.vehicle').length"
+                    )
+        finally:
+            browser.terminate()
+            browser.wait(20)
+
+    assert moved == "moved"
+    assert reloaded is False
+    assert count == len(VEHICLES)
