@@ -20,6 +20,13 @@ app. This module therefore keeps its state in its own compacted topic
 high watermark carried by the fetch responses (``consumer.highwater``), which
 both the embedded broker and Kafka report correctly. Batching is untouched.
 
+Measured with ``bench/bench_derived.py`` on the embedded broker (2 shared
+cores, 200 devices, 40,000 fixes): 19-29k fixes/s with batched produce against
+1.3-2.6k fixes/s when every record is produced alone (8-23x); about 175 bytes
+of state written per fix; recovery of all 200 devices in 2.1 s. Recovery reads
+every fix still in the window, so its time grows with devices x fix rate x
+``derived_window_days`` (about 20k fixes/s here).
+
 The state topic has as many partitions as the Position topic; the state of a
 device read from Position partition ``p`` is written to state partition ``p``.
 It holds two kinds of record:
@@ -238,8 +245,7 @@ class DeviceDerivation:
 
     def restore(self, head: dict, fixes: Iterable[Fix]) -> None:
         """Restore a head and the path of the fixes written before it."""
-        for fix in fixes:
-            self.track.add(fix)
+        self.track.load(sorted(fixes, key=lambda fix: fix.t))
         self.machine = TripMachine.from_state(self.config.trips, head["machine"])
         self.ledger = DayLedger.from_state(self.config.zone, head["days"])
         self.recent = [Span.from_list(values) for values in head["recent"]]
@@ -341,9 +347,8 @@ class PartitionLoader:
         for imei in self.heads.keys() | self.after.keys():
             device = DeviceDerivation(imei, config)
             head = self.heads.get(imei)
-            fixes = sorted(self.before.get(imei, {}).values(), key=lambda f: f.t)
             if head is not None:
-                device.restore(head, fixes)
+                device.restore(head, self.before.get(imei, {}).values())
             for fix in self.after.get(imei, {}).values():
                 batch.apply(device, fix, wall_ms, log_fix=False)
             # Silence is measured from when this worker could hear the device
@@ -416,6 +421,7 @@ class DerivedWorker(ConsumerRebalanceListener):
         self.mileage_codec = codec("MileageDaily")
         self.counts = {"fixes": 0, "repeats": 0, "trips": 0, "days": 0, "bad": 0}
         self.ready = asyncio.Event()
+        self.recovery_seconds = 0.0
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer = None
@@ -572,12 +578,13 @@ class DerivedWorker(ConsumerRebalanceListener):
             self.partitions[partition] = loader.devices(wall, out)
             batches.append(out)
         await self._send(batches)
+        self.recovery_seconds = time.monotonic() - started
         logger.info(
             "derived state of %d devices in %d partitions recovered in %.2f s; "
             "%d fixes written after the last snapshot applied again",
             sum(len(self.partitions[p]) for p in loaders),
             len(partitions),
-            time.monotonic() - started,
+            self.recovery_seconds,
             sum(loader.unsnapshotted for loader in loaders.values()),
         )
 

@@ -140,6 +140,17 @@ class Track:
         i = bisect_left(self.times, t)
         return i < len(self.times) and self.times[i] == t
 
+    def load(self, fixes: list[Fix]) -> None:
+        """Fill an empty track with fixes already in gps_time order (recovery)."""
+        for fix in fixes:
+            self.times.append(fix.t)
+            if fix.odometer_m is not None and fix.odometer_m > 0:
+                self.odometer_times.append(fix.t)
+                self.odometer.append(fix.odometer_m)
+            if fix.counted:
+                self.path_times.append(fix.t)
+                self.path.append(fix)
+
     def add(self, fix: Fix) -> Placement | None:
         """Place a new fix; return how the path changed, None for a repeat.
 
