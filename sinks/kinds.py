@@ -138,7 +138,10 @@ DEVICE = SinkSpec(
 PROVENANCE = ("source", "origin", "received_at")
 
 
-def _fact(kind: str, table: str, key: tuple[str, ...], *columns: str, **fields):
+def _fact(
+    kind: str, table: str, key: tuple[str, ...], *columns: str, **fields: str
+) -> SinkSpec:
+    """Declare an append-only sink of one table: key, columns, provenance."""
     return SinkSpec(
         kind=kind,
         columns=(*key, *columns, *PROVENANCE),
