@@ -1,7 +1,8 @@
 """Facts derived in the stream: distance, trips, daily mileage; exact recovery.
 
 ``DerivedWorker`` reads the clean Position topic in consumer group
-``<prefix>-derived`` and, per device, places each new fix on its path
+``<prefix>-derived`` (and the Device topic, for the driver and plate that trips
+carry) and, per device, places each new fix on its path
 (``processors.distance``), updates its local days (``processors.mileage``) and
 steps its trip machine (``processors.trips``). It sends closed trips to the
 clean trip topic (``source`` derived) and the changed day totals, keyed
@@ -63,6 +64,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from fleetstream.codec import codec
@@ -416,7 +418,9 @@ class DerivedWorker(ConsumerRebalanceListener):
         self.mileage_topic = settings.topic(CLEAN, "mileage_daily")
         self.group_id = f"{settings.topic_prefix}-derived"
         self.partitions: dict[int, dict[str, DeviceDerivation]] = {}
+        self.device_topic = settings.topic(CLEAN, "device")
         self.positions = codec("Position")
+        self.devices = codec("Device")
         self.trip_codec = codec("Trip")
         self.mileage_codec = codec("MileageDaily")
         self.counts = {"fixes": 0, "repeats": 0, "trips": 0, "days": 0, "bad": 0}
@@ -430,12 +434,16 @@ class DerivedWorker(ConsumerRebalanceListener):
         """Process until ``stop`` is set; flush and commit before returning."""
         await ensure_topics(self.settings)
         self._producer = make_producer(self.settings)
+        # The range assignor gives one member the same partition numbers of
+        # both topics, so a device's registry row meets its positions' state.
         self._consumer = make_consumer(
             self.settings,
             group_id=self.group_id,
             max_poll_records=self.settings.process_batch_max_records,
+            partition_assignment_strategy=(RangePartitionAssignor,),
         )
-        self._consumer.subscribe([self.position_topic], listener=self)
+        topics = [self.position_topic, self.device_topic]
+        self._consumer.subscribe(topics, listener=self)
         await self._producer.start()
         await self._consumer.start()
         logger.info("derived worker started in group %s", self.group_id)
@@ -485,6 +493,9 @@ class DerivedWorker(ConsumerRebalanceListener):
             )
 
     def _take(self, out: Batch, devices: dict, record, wall: int) -> None:
+        if record.topic == self.device_topic:
+            self._registry(out, devices, record)
+            return
         try:
             position = self.positions.decode(record.value)
             imei = position["imei"]
@@ -505,6 +516,28 @@ class DerivedWorker(ConsumerRebalanceListener):
             self.counts["fixes"] += 1
         else:
             self.counts["repeats"] += 1
+
+    def _registry(self, out: Batch, devices: dict, record) -> None:
+        """Remember the driver and plate that later trips of a device carry."""
+        try:
+            registry = self.devices.decode(record.value)
+        except ContractError:
+            self.counts["bad"] += 1
+            logger.warning(
+                "skipped an unreadable device at %s[%d]@%d",
+                record.topic,
+                record.partition,
+                record.offset,
+            )
+            return
+        imei = registry["imei"]
+        known = {k: registry.get(k) for k in ("driver_name", "vehicle_number")}
+        device = devices.get(imei)
+        if device is None:
+            device = devices[imei] = DeviceDerivation(imei, self.config)
+        if device.device != known:
+            device.device = known
+            out.heads[imei] = device
 
     async def _expire(self) -> None:
         wall = now_ms()
@@ -558,9 +591,7 @@ class DerivedWorker(ConsumerRebalanceListener):
             logger.info("derived state of %d partitions released", len(revoked))
 
     async def on_partitions_assigned(self, assigned) -> None:
-        wanted = sorted(
-            tp.partition for tp in assigned if tp.topic == self.position_topic
-        )
+        wanted = sorted({tp.partition for tp in assigned})
         async with self._lock:
             fresh = [p for p in wanted if p not in self.partitions]
             if fresh:

@@ -36,6 +36,26 @@ async def produce_positions(settings: Settings, positions: list[dict]) -> None:
         await producer.stop()
 
 
+async def produce_registry(settings: Settings, imei: str, driver: str, plate: str):
+    """Send the Device registry row of one device."""
+    device = codec("Device").encode(
+        {
+            "imei": imei,
+            "driver_name": driver,
+            "vehicle_number": plate,
+            "source": "poll",
+            "received_at": 1_700_000_000_000,
+        }
+    )
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        topic = settings.topic(CLEAN, "device")
+        await producer.send_and_wait(topic, device, key=imei.encode())
+    finally:
+        await producer.stop()
+
+
 async def read_topic(
     settings: Settings, topic: str
 ) -> list[tuple[bytes, bytes | None]]:
@@ -143,6 +163,7 @@ async def test_worker_derives_truck_b_trip_and_day_from_the_topic(derived_settin
     settings = derived_settings
     await ensure_topics(settings)
     imei, positions = truck_positions("truck-B")
+    await produce_registry(settings, imei, driver="A. Driver", plate="KDA 123X")
     await produce_positions(settings, positions)
 
     async with RunningWorker(settings) as worker:
@@ -159,6 +180,7 @@ async def test_worker_derives_truck_b_trip_and_day_from_the_topic(derived_settin
     ]
     trip = next(iter(trips.values()))
     assert (trip["source"], trip["distance_source"]) == ("derived", "odometer")
+    assert (trip["driver_name"], trip["vehicle_number"]) == ("A. Driver", "KDA 123X")
     assert trip["distance_m"] == 25_100.0
     day = days[f"{imei}|2018-05-04"]
     assert (day["distance_source"], day["distance_m"]) == ("odometer", 25_100.0)
