@@ -427,6 +427,7 @@ class DerivedWorker(ConsumerRebalanceListener):
         self.ready = asyncio.Event()
         self.recovery_seconds = 0.0
         self._lock = asyncio.Lock()
+        self._failure: Exception | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._producer = None
 
@@ -450,6 +451,8 @@ class DerivedWorker(ConsumerRebalanceListener):
         last_expiry = 0.0
         try:
             while not stop.is_set():
+                if self._failure is not None:
+                    raise self._failure
                 batch = await self._consumer.getmany(timeout_ms=200)
                 if batch:
                     await self._process(batch)
@@ -592,10 +595,16 @@ class DerivedWorker(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned) -> None:
         wanted = sorted({tp.partition for tp in assigned})
-        async with self._lock:
-            fresh = [p for p in wanted if p not in self.partitions]
-            if fresh:
-                await self._recover(fresh)
+        try:
+            async with self._lock:
+                fresh = [p for p in wanted if p not in self.partitions]
+                if fresh:
+                    await self._recover(fresh)
+        except Exception as exc:
+            # aiokafka only logs a failing listener; without its state a
+            # partition would be skipped for good, so the worker must stop.
+            self._failure = exc
+            raise
         self.ready.set()
 
     async def _recover(self, partitions: list[int]) -> None:

@@ -7,9 +7,10 @@ updates the days of the segments it removed and added; a segment that crosses
 midnight is split between the two days in proportion to time. A day total is
 therefore correct whatever order its fixes arrived in, days later included.
 
-The day's figure prefers the device odometer (last minus first reading, when
-the day has two readings or more): it measures the wheels, while the GPS path
-cuts corners between fixes. The GPS figure is always kept alongside.
+The day's figure prefers the device odometer (highest minus lowest reading,
+when the day has two readings or more and they differ by less than 2000 km): it
+measures the wheels, while the GPS path cuts corners between fixes. The GPS
+figure is always kept alongside.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from zoneinfo import ZoneInfo
 from processors.distance import Fix, Placement
 
 DAY_SECONDS = 86_400
+# An odometer that moved more than this in a day was reset or misread; the GPS
+# path is the better figure then. The database view applies the same limit.
+MAX_ODOMETER_DAY_M = 2_000_000.0
 
 
 def local_day(t_ms: int, zone: ZoneInfo) -> str:
@@ -80,7 +84,8 @@ class Day:
     def odometer_m(self) -> float | None:
         if self.odometer_readings < 2:
             return None
-        return self.odometer_max - self.odometer_min
+        moved = self.odometer_max - self.odometer_min
+        return moved if moved < MAX_ODOMETER_DAY_M else None
 
     def figure(self) -> tuple[float, str]:
         """Return the day's distance and its source, odometer or gps."""

@@ -26,7 +26,8 @@ A closed span becomes a trip only when it lasts at least
 ``trip_min_duration_seconds`` and covers at least ``trip_min_distance_m``
 (Traccar uses the same two thresholds); shorter spans are engine idling or
 manoeuvres. Its distance comes from the device odometer when the span has two
-readings (a wheel-based measure beats the GPS path), else from the GPS path.
+readings that moved forward by a plausible amount (a wheel-based measure beats
+the GPS path), else from the GPS path.
 
 The machine moves forward only: a fix older than the last one it saw changes
 the path and so the distance of the trip it falls in, but not where trips
@@ -40,6 +41,7 @@ from dataclasses import dataclass
 
 from fleetstream.settings import Settings
 from processors.distance import Fix, Track, haversine_m
+from processors.mileage import MAX_ODOMETER_DAY_M
 
 TRIP_NAMESPACE = uuid.UUID("5d0f6f5e-3c1b-4e55-9a57-2f6a8b1c7e21")
 DERIVED = "derived"
@@ -230,7 +232,7 @@ def summarise(
     duration_s = (span.end.t - span.start.t) // 1000
     gps_m = track.distance_m(span.start.t, span.end.t)
     odometer = track.odometer_between(span.start.t, span.end.t)
-    if odometer is not None and odometer[1] >= odometer[0]:
+    if odometer is not None and 0 <= odometer[1] - odometer[0] < MAX_ODOMETER_DAY_M:
         distance, source = odometer[1] - odometer[0], "odometer"
     else:
         distance, source = gps_m, "gps"

@@ -227,3 +227,18 @@ def test_machine_state_survives_a_round_trip():
 
     assert restored.to_state() == machine.to_state()
     assert times(restored.step(later)) == times(machine.step(later)) == [(0, 320)]
+
+
+def test_odometer_running_backwards_falls_back_to_the_gps_path():
+    fixes = [
+        at(0, 0, 0.0, True, odometer_m=100_000.0),
+        *drive(10, 600, 0, True),
+        at(620, 6_000, 0.0, False, odometer_m=90_000.0),
+        at(700, 6_000, 0.0, False),
+    ]
+    spans, track = run(fixes)
+
+    trip = summarise("860000000000001", spans[0], track, RULES, 0)
+
+    assert trip["distance_source"] == "gps"
+    assert trip["distance_m"] == pytest.approx(6_000, rel=0.01)
