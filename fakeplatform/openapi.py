@@ -41,6 +41,8 @@ TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 MAX_TRACK_WINDOW = timedelta(days=7)
 MAX_ALARM_WINDOW = timedelta(days=31)
 TRACK_RETENTION = timedelta(days=92)
+# Longer than any silence between two fixes of the recorded traces.
+ALARM_CONTEXT = timedelta(minutes=10)
 MAX_IMEIS = 100
 MAX_ALARM_ROWS = 1000
 # A silence longer than this between two fixes is a parking.
@@ -597,10 +599,13 @@ class FakeOpenApi:
     def _fixes(
         self, imei: str, begin: datetime, end: datetime
     ) -> list[tuple[datetime, TracePoint]]:
+        # The platform keeps whole seconds: a fix at 12:00:00.6 is a 12:00:00 fix,
+        # so it belongs to a window ending at 12:00:00.
+        late_end = end.replace(microsecond=0) + timedelta(seconds=1)
         return [
             (gps, point)
-            for gps, point in self.replay.fixes(imei, begin, end, self.wall())
-            if is_valid_fix(point)
+            for gps, point in self.replay.fixes(imei, begin, late_end, self.wall())
+            if is_valid_fix(point) and gps.replace(microsecond=0) <= end
         ]
 
     def _track_list(self, params: dict[str, str]) -> dict[str, Any]:
@@ -688,7 +693,9 @@ class FakeOpenApi:
         trace = self._traces[imei]
         rows = []
         previous: TracePoint | None = None
-        for gps, point in self._fixes(imei, begin, end):
+        # Start earlier so that whether a fix raises an alarm depends on the
+        # fix before it, never on where the query window happens to begin.
+        for gps, point in self._fixes(imei, begin - ALARM_CONTEXT, end):
             kind = None
             if previous is not None and point.acc_on != previous.acc_on:
                 if point.acc_on is not None:
@@ -703,7 +710,7 @@ class FakeOpenApi:
             ):
                 kind = ("overSpeed", "Overspeed alert")
             previous = point
-            if kind is None:
+            if kind is None or gps.replace(microsecond=0) < begin:
                 continue
             rows.append(
                 {

@@ -36,6 +36,7 @@ from producers.poll import (
     MAX_ALARM_WINDOW,
     MAX_TRACK_WINDOW,
     PLATFORM_REFUSALS,
+    SECOND,
     TRACK_LIST,
     Poller,
     chunks,
@@ -44,8 +45,6 @@ from producers.poll import (
 from producers.publish import RawPublisher
 
 logger = logging.getLogger(__name__)
-
-SECOND = timedelta(seconds=1)
 
 
 def parse_moment(text: str) -> datetime:

@@ -48,6 +48,7 @@ TRACK_MILEAGE = "jimi.device.track.mileage"
 ALARM_LIST = "jimi.device.alarm.list"
 PARKING = "jimi.open.platform.report.parking"
 
+SECOND = timedelta(seconds=1)
 MAX_LOCATION_IMEIS = 100
 MAX_ALARM_IMEIS = 100
 MILEAGE_BATCH = 50
@@ -56,6 +57,8 @@ PARKING_PAGE_SIZE = 100
 MAX_ALARM_ROWS = 1000
 MAX_TRACK_WINDOW = timedelta(days=7)
 MAX_ALARM_WINDOW = timedelta(days=30)
+# A window whose alarms fill the platform's row cap is halved down to this.
+MIN_ALARM_SPLIT = timedelta(minutes=1)
 # Refusals of the whole account end a cycle: more calls would only prolong
 # them. Other errors concern one device or batch, and the cycle goes on.
 PLATFORM_REFUSALS = (IpLimitError, RetriesExhausted, TokenError)
@@ -190,7 +193,7 @@ class Poller:
 
     async def poll_tracks(self) -> int:
         """Catch every device's track up to now, window by window."""
-        limit = whole_second(self.clock()) - timedelta(seconds=1)
+        limit = whole_second(self.clock()) - SECOND
         marks = await load_watermarks(self.pool, TRACK_LIST, self.devices)
         published = 0
         for imei in self.devices:
@@ -266,9 +269,24 @@ class Poller:
         return await self._publish(envelope)
 
     async def alarm_window(self, imeis, begin, end) -> int:
-        """Publish the alarms of ``imeis`` in one window, following its pages."""
+        """Publish the alarms of ``imeis`` in one window, following its pages.
+
+        The platform returns at most 1000 rows per query, so a window that
+        fills them is split in two halves, each queried on its own.
+        """
+        pages = await self._alarm_pages(imeis, begin, end)
+        if pages is None:
+            middle = whole_second(begin + (end - begin) / 2)
+            first = await self.alarm_window(imeis, begin, middle)
+            return first + await self.alarm_window(imeis, middle + SECOND, end)
         published = 0
-        previous_first = None
+        for envelope in pages:
+            published += await self._publish(envelope)
+        return published
+
+    async def _alarm_pages(self, imeis, begin, end) -> list[Envelope] | None:
+        """Return the pages of one window, or None when they reach the row cap."""
+        pages: list[Envelope] = []
         for page in range(1, MAX_ALARM_ROWS // ALARM_PAGE_SIZE + 1):
             envelope = await self.client.call(
                 ALARM_LIST,
@@ -280,23 +298,23 @@ class Poller:
             )
             rows = envelope.records()
             # A platform that ignores page_no serves page 1 again: stop there.
-            if rows and rows[0] == previous_first:
+            if rows and pages and rows[0] == pages[-1].records()[0]:
                 logger.warning("alarm.list repeated a page; paging stopped at %d", page)
-                break
-            published += await self._publish(envelope)
+                return pages
+            pages.append(envelope)
             if len(rows) < ALARM_PAGE_SIZE:
-                break
-            previous_first = rows[0]
-        else:
-            logger.warning(
-                "alarm.list hit its %d-row cap for %d devices in %s..%s;"
-                " later alarms of that window are not returned by the platform",
-                MAX_ALARM_ROWS,
-                len(imeis),
-                begin,
-                end,
-            )
-        return published
+                return pages
+        if end - begin > MIN_ALARM_SPLIT:
+            return None
+        logger.warning(
+            "alarm.list returned its %d-row cap for %d devices within %s..%s;"
+            " alarms beyond the cap in that window are lost",
+            MAX_ALARM_ROWS,
+            len(imeis),
+            begin,
+            end,
+        )
+        return pages
 
     async def _poll_batches(
         self,
@@ -305,7 +323,7 @@ class Poller:
         longest: timedelta,
         fetch: Callable[[list[str], datetime, datetime], Awaitable[int]],
     ) -> int:
-        limit = whole_second(self.clock()) - timedelta(seconds=1)
+        limit = whole_second(self.clock()) - SECOND
         marks = await load_watermarks(self.pool, method, self.devices)
         # Devices that share a watermark share calls.
         groups: dict[datetime, list[str]] = {}

@@ -531,3 +531,43 @@ async def test_backfill_command_reports_progress(make_settings, database_url):
     events = await read_raw(settings, "position")
     assert len(events) == sum(is_valid_fix(p) for p in traces[0].points)
     assert {e["source"] for e in events} == {"backfill"}
+
+
+async def test_alarm_window_over_the_row_cap_is_split(make_settings, database_url):
+    traces = load_traces(["truck-A", "truck-B"])
+    now = datetime.now(UTC).replace(microsecond=0)
+    replay = Replay(traces, now - timedelta(days=3), loop=True)
+    config = FakeConfig(include_expired_device=False, overspeed_kmh=30.0)
+    async with FakePlatform(config, replay) as fake:
+        settings = poll_settings(make_settings, database_url, fake)
+        begin, end = now - timedelta(days=2), now - timedelta(seconds=1)
+        expected = sorted(
+            (row["imei"], row["alertTime"], row["alertTypeId"])
+            for t in traces
+            for row in fake.api.alarms(t.imei, begin, end)
+        )
+        assert len(expected) > 1000, "the window must exceed the platform's cap"
+        harness = await Harness().start(settings)
+        try:
+            published = await harness.poller.alarm_window(
+                [t.imei for t in traces], begin, end
+            )
+        finally:
+            await harness.stop()
+
+    events = await read_raw(settings, "alarm")
+    got = sorted(
+        (
+            e["imei"],
+            *(json.loads(e["payload"])[k] for k in ("alertTime", "alertTypeId")),
+        )
+        for e in events
+    )
+    assert published == len(events)
+    assert got == expected
+    spans = {
+        (c.params["begin_time"], c.params["end_time"])
+        for c in fake.api.calls
+        if c.method == ALARM_LIST
+    }
+    assert len(spans) >= 3, "the full window, then at least its two halves"
