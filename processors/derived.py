@@ -247,6 +247,12 @@ class DeviceDerivation:
 
     def restore(self, head: dict, fixes: Iterable[Fix]) -> None:
         """Restore a head and the path of the fixes written before it."""
+        if head.get("v") != HEAD_VERSION:
+            raise ContractError(
+                f"derived state of {self.imei} has version {head.get('v')!r}, "
+                f"expected {HEAD_VERSION}",
+                hint="a newer release wrote it; run that release or reset the group",
+            )
         self.track.load(sorted(fixes, key=lambda fix: fix.t))
         self.machine = TripMachine.from_state(self.config.trips, head["machine"])
         self.ledger = DayLedger.from_state(self.config.zone, head["days"])

@@ -107,14 +107,24 @@ class Day:
 class DayLedger:
     """The days of one device, updated by placed fixes."""
 
-    def __init__(self, zone: ZoneInfo, days: dict[str, Day] | None = None) -> None:
+    def __init__(
+        self,
+        zone: ZoneInfo,
+        days: dict[str, Day] | None = None,
+        horizon: str | None = None,
+    ) -> None:
         self.zone = zone
         self.days: dict[str, Day] = days if days is not None else {}
+        # Days before the horizon were forgotten and their totals are final.
+        self.horizon = horizon
 
     def record(self, fix: Fix, placement: Placement) -> set[str]:
         """Account one new fix and its placement; return the days it changed."""
-        touched = {local_day(fix.t, self.zone)}
-        self._day(local_day(fix.t, self.zone)).see(fix)
+        touched = set()
+        day = self._day(local_day(fix.t, self.zone))
+        if day is not None:
+            day.see(fix)
+            touched.add(local_day(fix.t, self.zone))
         if placement.removed is not None:
             a, b, metres = placement.removed
             touched |= self._add(a, b, -metres)
@@ -126,26 +136,32 @@ class DayLedger:
         touched = set()
         if metres == 0.0:
             return touched
-        for day, share in split_by_day(a.t, b.t, metres, self.zone):
-            self._day(day).gps_m += share
-            touched.add(day)
+        for name, share in split_by_day(a.t, b.t, metres, self.zone):
+            day = self._day(name)
+            if day is not None:
+                day.gps_m += share
+                touched.add(name)
         return touched
 
-    def _day(self, name: str) -> Day:
+    def _day(self, name: str) -> Day | None:
         day = self.days.get(name)
         if day is None:
+            if self.horizon is not None and name < self.horizon:
+                return None
             day = self.days[name] = Day()
         return day
 
     def prune(self, cutoff_ms: int) -> None:
         """Forget days that ended before ``cutoff_ms``; their totals were sent."""
-        oldest = local_day(cutoff_ms, self.zone)
-        for name in [d for d in self.days if d < oldest]:
+        self.horizon = local_day(cutoff_ms, self.zone)
+        for name in [d for d in self.days if d < self.horizon]:
             del self.days[name]
 
-    def to_state(self) -> dict[str, list]:
-        return {name: day.as_list() for name, day in self.days.items()}
+    def to_state(self) -> dict:
+        days = {name: day.as_list() for name, day in self.days.items()}
+        return {"horizon": self.horizon, "days": days}
 
     @classmethod
-    def from_state(cls, zone: ZoneInfo, state: dict[str, list]) -> DayLedger:
-        return cls(zone, {name: Day(*values) for name, values in state.items()})
+    def from_state(cls, zone: ZoneInfo, state: dict) -> DayLedger:
+        days = {name: Day(*values) for name, values in state["days"].items()}
+        return cls(zone, days, state["horizon"])

@@ -15,7 +15,12 @@ from fleetstream.codec import codec
 from fleetstream.kafka import ensure_topics, make_producer
 from fleetstream.settings import Settings
 from fleetstream.topics import CLEAN, STATE
-from processors.derived import DerivedWorker, epoch_ms
+from processors.derived import (
+    DerivedConfig,
+    DerivedWorker,
+    DeviceDerivation,
+    epoch_ms,
+)
 
 DEGREE_M = math.pi / 180 * 6_371_008.8
 
@@ -254,3 +259,32 @@ async def test_worker_recovers_its_state_after_a_clean_restart(derived_settings)
 
 async def _processed(worker: DerivedWorker, n: int) -> bool:
     return worker.counts["fixes"] >= n
+
+
+def test_window_forgets_old_days_without_rewriting_their_totals(make_settings):
+    settings = make_settings(derived_window_days=1.0)
+    config = DerivedConfig.from_settings(settings)
+    device = DeviceDerivation("860000000000041", config)
+    day0 = utc("2026-03-02 06:00:00")
+    for i in range(6):
+        device.apply(
+            config.fix(north(device.imei, day0 + i * 60_000, i * 1e3, 60, None)), 0
+        )
+    sent = device.day_record("2026-03-02", 0)["gps_distance_m"]
+    three_days = day0 + 3 * 86_400_000
+    later = device.apply(config.fix(north(device.imei, three_days, 5e3, 0, None)), 0)
+    far = device.apply(
+        config.fix(north(device.imei, three_days + 7_200_000, 9e3, 60, None)), 0
+    )
+
+    stale = device.apply(
+        config.fix(north(device.imei, day0 + 30_000, 500, 60, None)), 0
+    )
+    just_inside = three_days + 7_200_000 - 86_400_000 + 60_000
+    placed = device.apply(config.fix(north(device.imei, just_inside, 7e3, 60, None)), 0)
+
+    assert sent == pytest.approx(5_000, rel=0.001)
+    assert later is not None and later.pruned and far is not None
+    assert stale is None
+    assert "2026-03-02" not in device.ledger.days
+    assert placed is not None and all(day > "2026-03-02" for day in placed.days)
