@@ -571,3 +571,44 @@ async def test_alarm_window_over_the_row_cap_is_split(make_settings, database_ur
         if c.method == ALARM_LIST
     }
     assert len(spans) >= 3, "the full window, then at least its two halves"
+
+
+@pytest.mark.parametrize("overlap_s", [600.0, 0.0])
+async def test_overlap_catches_points_delivered_late(
+    make_settings, database_url, overlap_s
+):
+    traces = load_traces(["truck-B"])
+    imei = traces[0].imei
+    start = datetime(2026, 11, 30, 6, 0, tzinfo=UTC)
+    replay = Replay(traces, start, loop=False)
+    virtual = [start]
+    config = FakeConfig(include_expired_device=False, timestamp_tolerance_seconds=1e9)
+    async with FakePlatform(config, replay) as fake:
+        fake.api.wall = lambda: virtual[0]
+        settings = poll_settings(
+            make_settings, database_url, fake, poll_tracks_overlap_seconds=overlap_s
+        )
+        harness = await Harness().start(settings)
+        harness.poller.clock = lambda: virtual[0]
+        harness.poller.devices = [imei]
+        await save_watermarks(harness.pool, TRACK_LIST, [imei], start)
+        try:
+            # Poll once a minute, on the fake's clock, through the whole trace.
+            while virtual[0] < start + timedelta(seconds=traces[0].duration_s + 700):
+                virtual[0] += timedelta(seconds=60)
+                await harness.poller.poll_tracks()
+        finally:
+            await harness.stop()
+
+    events = await read_raw(settings, "position")
+    published = {json.loads(e["payload"])["gpsTime"] for e in events}
+    expected = {
+        format_platform_time(gps)
+        for gps, point in replay.fixes(imei, start, start + FAR, start + FAR)
+        if is_valid_fix(point)
+    }
+    if overlap_s:
+        assert published == expected
+    else:
+        # Without overlap, fixes that arrive after their minute was read are lost.
+        assert published < expected and len(expected - published) >= 5
