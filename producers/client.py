@@ -311,7 +311,11 @@ class TracksolidClient:
         The renewal runs under an advisory lock per account, so concurrent
         workers wait for one renewal and then read its result from the cache.
         """
-        margin = self.settings.tracksolid_token_refresh_margin_seconds
+        # A margin as long as the token's life would renew it on every call.
+        margin = min(
+            self.settings.tracksolid_token_refresh_margin_seconds,
+            self.settings.tracksolid_token_expires_in_seconds / 2,
+        )
         if (mine := self._own_token(stale, margin)) is not None:
             return mine
         async with self._renewing:
