@@ -97,8 +97,8 @@ class Settings(BaseSettings):
     # Processing
     fleet_timezone: str = "Africa/Nairobi"
     future_fix_tolerance_seconds: float = 300.0
-    process_concurrency: int = 1
-    process_batch_max_records: int = 1000
+    process_concurrency: int = 2
+    process_batch_max_records: int = 5000
     process_batch_max_wait_ms: int = 20
     process_dedupe_devices: int = 100_000
     process_dedupe_fixes_per_device: int = 64
