@@ -23,14 +23,18 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
+from fleetstream.codec import codec
+from fleetstream.errors import ContractError
 from fleetstream.kafka import ensure_topics
 from fleetstream.runtime import run_until_stopped
 from fleetstream.settings import Settings, get_settings
+from fleetstream.topics import DEADLETTER_TOPIC
+from processors.batch import RawCleaner
 from processors.routing import Router
 
 logger = logging.getLogger(__name__)
@@ -100,17 +104,19 @@ def faust_options(settings: Settings) -> dict:
 
 
 def create_app(settings: Settings) -> faust.App:
-    """Return a faust app with the cleaning agent and every registered agent."""
+    """Return a faust app with the raw cleaner and every registered agent."""
     return build(settings)[0]
 
 
-def build(settings: Settings) -> tuple[faust.App, Router]:
-    """Return the app and the router of its cleaning agent."""
+def build(
+    settings: Settings, agent_modules: tuple[str, ...] = AGENT_MODULES
+) -> tuple[faust.App, Router]:
+    """Return the app and the router of its raw cleaner."""
     embedded = settings.broker_profile == "embedded"
     app_class = EmbeddedBrokerApp if embedded else faust.App
     app = app_class(f"{settings.topic_prefix}-process", **faust_options(settings))
     router = register(app, settings)
-    for name in AGENT_MODULES:
+    for name in agent_modules:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -122,56 +128,45 @@ def build(settings: Settings) -> tuple[faust.App, Router]:
 
 
 def register(app: faust.App, settings: Settings) -> Router:
-    """Add the cleaning agent to ``app``; return its router (counts, memory)."""
+    """Add the raw-topic cleaner to ``app``; return its router (counts, memory)."""
     router = Router(settings)
-    raw = app.topic(*router.raw_topics, key_type=bytes, value_type=bytes)
-    batch = settings.process_batch_max_records
-    within = settings.process_batch_max_wait_ms / 1000
 
-    @app.agent(raw, name="clean", concurrency=settings.process_concurrency)
-    async def clean_raw(stream):
-        async for events in stream.take_events(batch, within=within):
-            await send_all(app, route_events(router, events))
+    @app.service
+    class CleanRawTopics(RawCleaner):
+        def __init__(self, **kwargs) -> None:
+            super().__init__(settings, router, **kwargs)
+
+    dead_letters = app.topic(
+        DEADLETTER_TOPIC.name(settings), key_type=bytes, value_type=bytes
+    )
+    dead_letter_codec = codec(DEADLETTER_TOPIC.schema)
+
+    @app.agent(dead_letters, name="count_dead_letters")
+    async def count_dead_letters(stream):
+        # Every stage's dead letters, counted by stage: the dead-letter metric.
+        async for value in stream:
+            try:
+                stage = dead_letter_codec.decode(value)["stage"]
+            except ContractError:
+                stage = "unreadable"
+            router.dead_letters_seen[stage] += 1
 
     return router
-
-
-def route_events(router: Router, events) -> list:
-    """Return the outgoing messages of a batch of faust events, in order."""
-    outgoing = []
-    for event in events:
-        message = event.message
-        out = router.route(
-            message.topic, message.partition, message.offset, message.key, event.value
-        )
-        if out is not None:
-            outgoing.append(out)
-    return outgoing
-
-
-async def send_all(app: faust.App, outgoing: list) -> None:
-    """Send every message and wait until the broker has acknowledged them all."""
-    producer = app.producer
-    pending: list[Awaitable] = []
-    for out in outgoing:
-        sent = await producer.send(out.topic, out.key, out.value, None, None, None)
-        pending.append(sent)
-    if pending:
-        await asyncio.gather(*pending)
 
 
 async def run(
     settings: Settings,
     stop: asyncio.Event,
-    on_ready: Callable[[faust.App], None] | None = None,
+    on_ready: Callable[[faust.App, Router], None] | None = None,
+    agent_modules: tuple[str, ...] = AGENT_MODULES,
 ) -> None:
     """Run the processing app until ``stop`` is set or the app stops itself."""
     await ensure_topics(settings)
-    app, router = build(settings)
+    app, router = build(settings, agent_modules)
     await app.start()
     logger.info("processor started for %s", settings.topic_prefix)
     if on_ready is not None:
-        on_ready(app)
+        on_ready(app, router)
     stopped = asyncio.ensure_future(app.wait_until_stopped())
     stopping = asyncio.ensure_future(stop.wait())
     try:

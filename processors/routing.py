@@ -70,6 +70,8 @@ class Router:
             settings.process_dedupe_devices, settings.process_dedupe_fixes_per_device
         )
         self.counts: Counter[str] = Counter()
+        # Dead letters of every stage read back from the dead-letter topic.
+        self.dead_letters_seen: Counter[str] = Counter()
         self._raw_codec = codec("RawEvent")
         self._dead_codec = codec(DEADLETTER_TOPIC.schema)
         self._dead_topic = DEADLETTER_TOPIC.name(settings)
