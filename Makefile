@@ -22,7 +22,9 @@ dev: install
 browser:
 	@command -v chromium >/dev/null || { \
 	  echo "installing chromium from apt for the map test"; \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || { \
+	    apt-get update -q >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }; }
 
 test: install browser
 	$(BIN)/pytest -q $(PYTEST_ARGS)

@@ -49,6 +49,7 @@ def _port_or_free(port: int) -> int:
     import socket
 
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -109,6 +110,7 @@ def stage_environment(settings: Settings, bootstrap: str, profile: str, db_url: 
         "FLEETSTREAM_FAKE_PUSH_URL": f"http://127.0.0.1:{settings.webhook_port}",
         "FLEETSTREAM_POLL_LOCATIONS_INTERVAL_SECONDS": "10",
         "FLEETSTREAM_POLL_TRACKS_INTERVAL_SECONDS": "30",
+        "FLEETSTREAM_POLL_TRACKS_OVERLAP_SECONDS": "300",
         "FLEETSTREAM_VTRIPS_REFRESH_INTERVAL_SECONDS": "30",
     }
     for key, value in defaults.items():

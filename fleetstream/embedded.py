@@ -81,6 +81,9 @@ class EmbeddedBroker:
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
+            # Its own session: a Ctrl-C in the terminal must not stop the broker
+            # before the stages that still flush to it.
+            start_new_session=True,
         )
         wait_for_port("127.0.0.1", self.port)
         logger.info("embedded broker listening on %s", self.bootstrap_servers)
@@ -119,13 +122,16 @@ def _make_owned(path: Path, user: str | None) -> None:
     path.mkdir(parents=True, exist_ok=True)
     if user:
         entry = pwd.getpwnam(user)
-        for parent in [path, *path.parents]:
+        # The server user must traverse every parent folder; the data folder
+        # itself must stay private (PostgreSQL refuses a group/world-open one).
+        for parent in path.parents:
             if parent == Path("/"):
                 break
             mode = parent.stat().st_mode
             if not mode & 0o001:
                 parent.chmod(mode | 0o011)
         shutil.chown(path, entry.pw_uid, entry.pw_gid)
+    path.chmod(0o700)
 
 
 @dataclass
