@@ -1,21 +1,21 @@
 """The faust application of the processing stage.
 
-``create_app(settings)`` builds the app: one agent reads every raw topic in
-batches, hands each record to ``processors.routing.Router`` and sends what it
-returns (a clean record keyed by IMEI, a dead letter keyed like the original,
-or nothing for a repeated fix). Other processor modules add their agents to the
-same app: each module named in ``AGENT_MODULES`` that exists exposes
-``register(app, settings)``.
+``create_app(settings)`` builds the app. Its ``RawCleaner`` service
+(``processors.batch``) reads every raw topic in batches, hands each record to
+``processors.routing.Router`` and sends what it returns: a clean record keyed by
+IMEI, a dead letter keyed like the original, or nothing for a repeated fix. The
+raw topics are read by that service rather than by a faust agent because
+faust's per-event stream path is slower than a backfill needs (measured in
+``bench/bench_processor.py``). The app's own agent counts the dead letters of
+every stage. Other processor modules add their agents to the same app: each
+module named in ``AGENT_MODULES`` that exists exposes ``register(app, settings)``.
 
-Delivery is at-least-once. A batch's events are acknowledged only after every
-message produced from them is acknowledged by the broker, and faust commits an
-offset only when every earlier event of its partition is acknowledged, so a
-crash at any point leads to reprocessing, never to loss. Repeats after a crash
-reach the clean topics again; the sinks' natural keys absorb them.
+Delivery is at-least-once (see ``processors.batch``): offsets are committed
+only for records whose output the broker has acknowledged.
 
-Values travel as raw bytes through faust and are encoded and decoded with
-``fleetstream.codec``, so an undecodable record reaches the agent and is
-dead-lettered like any other unusable record instead of crashing the worker.
+Values travel as raw bytes and are decoded with ``fleetstream.codec`` inside
+the router, so an undecodable record is dead-lettered like any other unusable
+record instead of crashing the worker.
 """
 
 from __future__ import annotations
