@@ -11,6 +11,7 @@ short fetch wait; ``broker_profile=embedded`` applies them (see ``kafka_tuning``
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -163,6 +164,19 @@ class Settings(BaseSettings):
                 "agreed with Jimi before running in production"
             )
         return self
+
+    def to_env(self) -> dict[str, str]:
+        """Return environment variables that rebuild these settings in a child."""
+        env = {}
+        for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            if isinstance(value, (list, dict)):
+                value = json.dumps(value)
+            env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
+        env["KAFKA_BOOTSTRAP_SERVERS"] = self.kafka_bootstrap_servers
+        env["DATABASE_URL"] = self.database_url
+        return env
 
     def topic(self, layer: str, kind: str) -> str:
         """Return the full name of a topic, e.g. ``fleetstream.raw.position``."""

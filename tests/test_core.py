@@ -96,3 +96,18 @@ def test_codec_refuses_foreign_bytes():
         codec("Position").decode(b'{"imei": "1"}')
     with pytest.raises(ContractError, match="fingerprint"):
         codec("Position").decode(b"\xc3\x01" + b"\x00" * 8 + b"\x02")
+
+
+def test_settings_survive_the_trip_through_a_child_environment(monkeypatch):
+    settings = Settings(
+        environment="test",
+        webhook_push_token="secret-token",
+        topic_prefix="t123",
+        fake_speedup=4.0,
+    )
+    for name in list(settings.to_env()):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in settings.to_env().items():
+        monkeypatch.setenv(name, value)
+
+    assert Settings() == settings
