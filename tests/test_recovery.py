@@ -34,6 +34,7 @@ from fleetstream.kafka import ensure_topics, make_producer
 from fleetstream.settings import Settings
 from fleetstream.topics import STATE
 from processors.derived import (
+    Batch,
     DerivedConfig,
     DerivedWorker,
     DeviceDerivation,
@@ -61,6 +62,11 @@ def fleet_stream() -> list[dict]:
 
 def reference(settings: Settings, stream: list[dict]) -> tuple[dict, dict]:
     """Return trips by id and day totals by key of an uninterrupted run."""
+    return uninterrupted(settings, stream)[:2]
+
+
+def uninterrupted(settings: Settings, stream: list[dict]):
+    """Return trips, day totals and devices of an uninterrupted run."""
     config = DerivedConfig.from_settings(settings)
     devices: dict[str, DeviceDerivation] = {}
     trips = {}
@@ -78,7 +84,34 @@ def reference(settings: Settings, stream: list[dict]) -> tuple[dict, dict]:
         days.update(
             {f"{imei}|{d}": device.day_record(d, 0) for d in device.ledger.days}
         )
-    return trips, days
+    return trips, days, devices
+
+
+async def recovered(settings: Settings) -> dict[str, DeviceDerivation]:
+    """Return every device as a restarting worker would rebuild it."""
+    worker = DerivedWorker(settings)
+    topic = settings.topic(STATE, "derived")
+    tps = [TopicPartition(topic, p) for p in range(settings.topic_partitions)]
+    devices = {}
+    for partition, loader in (await PartitionLoader.read(worker, tps)).items():
+        devices.update(loader.devices(0, Batch(worker, partition)))
+    return devices
+
+
+def state_picture(device: DeviceDerivation) -> dict:
+    """Return the parts of a device's state that must survive any restart."""
+    machine = device.machine.to_state()
+    return {
+        "fixes": list(device.track.times),
+        "path": [f.as_list() for f in device.track.path],
+        "days": {
+            d: (round(day.gps_m, 6), day.fixes, day.odometer_m)
+            for d, day in device.ledger.days.items()
+        },
+        "recent": [span.as_list() for span in device.recent],
+        "machine": {k: machine[k] for k in ("clock", "start", "pending")},
+        "latest": device.latest,
+    }
 
 
 TRIP_FIELDS = ("start_time", "end_time", "distance_source", "duration_s")
@@ -156,7 +189,7 @@ async def test_state_is_exact_after_sigterm_and_kill_9(recovery_settings, tmp_pa
     settings = recovery_settings
     await ensure_topics(settings)
     stream = fleet_stream()
-    expected_trips, expected_days = reference(settings, stream)
+    expected_trips, expected_days, expected_devices = uninterrupted(settings, stream)
     first, second = stream[: len(stream) // 3], stream[len(stream) // 3 :]
     unique_first = len({(p["imei"], p["gps_time"]) for p in first})
     stage = Stage(settings, tmp_path / "process.log")
@@ -200,6 +233,10 @@ async def test_state_is_exact_after_sigterm_and_kill_9(recovery_settings, tmp_pa
     assert (
         len(keys) == len(set(keys)) == len({(p["imei"], p["gps_time"]) for p in stream})
     )
+    devices = await recovered(settings)
+    assert devices.keys() == expected_devices.keys()
+    for imei, device in devices.items():
+        assert state_picture(device) == state_picture(expected_devices[imei]), imei
 
 
 async def _at_least(settings: Settings, n: int) -> bool:
