@@ -12,33 +12,42 @@ SELECT 2 * 6371008.8 * asin(least(1, sqrt(
     + cos(radians(lat1)) * cos(radians(lat2)) * sin(radians(lng2 - lng1) / 2) ^ 2)))
 $$;
 
--- Length in km of the path through the fixes, taken in time order. A segment
--- between consecutive fixes counts when
+-- Whether the step between two consecutive fixes counts towards distance:
 --   * time moves forward and its implied speed is at most 250 km/h (a jump
 --     beyond that is a bad fix, not a drive), and
 --   * the vehicle moved: either end reports >= 3 km/h, or the fixes are at least
 --     30 m apart (so that stationary jitter of a parked vehicle adds nothing,
 --     while a drive sampled only at its stops still counts).
 -- These are the stream's rules (processors/distance.py, default settings), so
--- both daily figures agree. Callers pass only satellite (GPS) fixes: cell-tower
--- and Wi-Fi positions wander by hundreds of metres.
+-- both daily figures agree. NULL (no previous fix) counts as no.
+CREATE OR REPLACE FUNCTION tracksolid.step_counts(
+    step_m double precision, step_s double precision,
+    speed_kmh double precision, prev_speed_kmh double precision
+) RETURNS boolean
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+SELECT step_s > 0
+   AND step_m / step_s * 3.6 <= 250
+   AND (greatest(speed_kmh, prev_speed_kmh) >= 3 OR step_m >= 30)
+$$;
+
+-- Length in km of the path through the fixes, taken in time order, counting
+-- the steps that tracksolid.step_counts accepts. Callers pass only satellite
+-- (GPS) fixes: cell-tower and Wi-Fi positions wander by hundreds of metres.
 CREATE OR REPLACE FUNCTION tracksolid.gps_path_km(points tracksolid.path_point[])
     RETURNS double precision
     LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-SELECT coalesce(sum(seg_m) FILTER (
-           WHERE seg_s > 0
-             AND seg_m / seg_s * 3.6 <= 250
-             AND (greatest(speed_kmh, prev_speed_kmh) >= 3 OR seg_m >= 30)
+SELECT coalesce(sum(step_m) FILTER (
+           WHERE tracksolid.step_counts(step_m, step_s, speed_kmh, prev_speed_kmh)
        ), 0) / 1000
 FROM (
-    SELECT tracksolid.distance_m(lag(lat) OVER w, lag(lng) OVER w, lat, lng) AS seg_m,
-           extract(epoch FROM t - lag(t) OVER w) AS seg_s,
+    SELECT tracksolid.distance_m(lag(lat) OVER w, lag(lng) OVER w, lat, lng) AS step_m,
+           extract(epoch FROM t - lag(t) OVER w) AS step_s,
            speed_kmh,
            lag(speed_kmh) OVER w AS prev_speed_kmh
     FROM unnest(points) AS p
     WHERE t IS NOT NULL
     WINDOW w AS (ORDER BY t)
-) segments
+) steps
 $$;
 
 -- Which figure a day reports: the device odometer when it gave at least two

@@ -51,20 +51,37 @@ BEGIN
                                        AT TIME ZONE zone) + interval '1 day')
                     AT TIME ZONE zone END;
     DELETE FROM tracksolid.v_mileage_daily_cagg WHERE day_start >= lo AND day_start < hi;
+    -- Set-based rather than through tracksolid.path_km: the same steps and rule,
+    -- several times faster. Partitioning by pos_type = 'GPS' makes each GPS
+    -- fix's previous fix the previous GPS fix of the same day.
     INSERT INTO tracksolid.v_mileage_daily_cagg
     SELECT imei,
-           date_trunc('day', gps_time AT TIME ZONE zone) AT TIME ZONE zone,
+           day_start,
            count(*),
            min(gps_time),
            max(gps_time),
            max(speed_kmh),
            count(odometer_m),
            max(odometer_m) - min(odometer_m),
-           tracksolid.path_km(CASE WHEN pos_type = 'GPS' THEN
-               ROW(gps_time, lat, lng, speed_kmh)::tracksolid.path_point END)
-    FROM tracksolid.position_history
-    WHERE gps_time >= lo AND gps_time < hi
-    GROUP BY 1, 2;
+           coalesce(sum(step_m) FILTER (
+               WHERE is_gps AND tracksolid.step_counts(step_m, step_s, speed_kmh,
+                                                       prev_speed_kmh)), 0) / 1000
+    FROM (
+        SELECT imei, gps_time, speed_kmh, odometer_m, day_start, is_gps,
+               tracksolid.distance_m(lag(lat) OVER w, lag(lng) OVER w, lat, lng)
+                   AS step_m,
+               extract(epoch FROM gps_time - lag(gps_time) OVER w) AS step_s,
+               lag(speed_kmh) OVER w AS prev_speed_kmh
+        FROM (
+            SELECT *, pos_type = 'GPS' AS is_gps,
+                   date_trunc('day', gps_time AT TIME ZONE zone) AT TIME ZONE zone
+                       AS day_start
+            FROM tracksolid.position_history
+            WHERE gps_time >= lo AND gps_time < hi
+        ) fixes
+        WINDOW w AS (PARTITION BY imei, day_start, is_gps ORDER BY gps_time)
+    ) steps
+    GROUP BY imei, day_start;
     GET DIAGNOSTICS written = ROW_COUNT;
     INSERT INTO reporting.refresh_log (relation, started_at, finished_at, row_count)
     VALUES ('tracksolid.v_mileage_daily_cagg', started, clock_timestamp(), written);

@@ -1,6 +1,6 @@
 -- Daily distance with the figure to report and where it comes from; the same on
 -- both flavours.
-DROP VIEW IF EXISTS tracksolid.v_mileage_daily;
+DROP VIEW IF EXISTS tracksolid.v_mileage_daily CASCADE;
 CREATE VIEW tracksolid.v_mileage_daily AS
 SELECT m.imei,
        (m.day_start AT TIME ZONE (SELECT tracksolid.fleet_timezone()))::date

@@ -2,19 +2,20 @@
 -- reporting.v_trips, so they are as fresh as its last refresh; days are local
 -- days of the fleet zone and weeks start on Monday.
 
--- Dropped first so that a view may change its columns.
-DROP VIEW IF EXISTS reporting.v_live_positions;
-DROP VIEW IF EXISTS reporting.v_trips_today;
-DROP VIEW IF EXISTS reporting.v_monthly_summary_cost_centre;
-DROP VIEW IF EXISTS reporting.v_weekly_summary_cost_centre;
-DROP VIEW IF EXISTS reporting.v_daily_summary_cost_centre;
-DROP VIEW IF EXISTS reporting.v_monthly_summary;
-DROP VIEW IF EXISTS reporting.v_weekly_summary;
-DROP VIEW IF EXISTS reporting.v_daily_summary;
-DROP VIEW IF EXISTS reporting.v_filter_cities;
-DROP VIEW IF EXISTS reporting.v_filter_cost_centres;
-DROP VIEW IF EXISTS reporting.v_filter_drivers;
-DROP VIEW IF EXISTS reporting.v_filter_vehicles;
+-- Dropped first so that a view may change its columns; CASCADE because the
+-- views of later files, which may depend on these, are then rebuilt too.
+DROP VIEW IF EXISTS reporting.v_live_positions CASCADE;
+DROP VIEW IF EXISTS reporting.v_trips_today CASCADE;
+DROP VIEW IF EXISTS reporting.v_monthly_summary_cost_centre CASCADE;
+DROP VIEW IF EXISTS reporting.v_weekly_summary_cost_centre CASCADE;
+DROP VIEW IF EXISTS reporting.v_daily_summary_cost_centre CASCADE;
+DROP VIEW IF EXISTS reporting.v_monthly_summary CASCADE;
+DROP VIEW IF EXISTS reporting.v_weekly_summary CASCADE;
+DROP VIEW IF EXISTS reporting.v_daily_summary CASCADE;
+DROP VIEW IF EXISTS reporting.v_filter_cities CASCADE;
+DROP VIEW IF EXISTS reporting.v_filter_cost_centres CASCADE;
+DROP VIEW IF EXISTS reporting.v_filter_drivers CASCADE;
+DROP VIEW IF EXISTS reporting.v_filter_vehicles CASCADE;
 
 CREATE OR REPLACE VIEW reporting.v_filter_vehicles AS
 SELECT d.imei,

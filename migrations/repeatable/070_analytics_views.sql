@@ -3,20 +3,21 @@
 -- fleet zone (tracksolid.fleet_timezone()), read through a scalar subquery so
 -- that it is evaluated once per query rather than once per row.
 
--- Dropped first so that a view may change its columns.
-DROP VIEW IF EXISTS tracksolid.v_driver_clock_attendance;
-DROP VIEW IF EXISTS tracksolid.v_driver_clock_today;
-DROP VIEW IF EXISTS tracksolid.v_driver_clock_daily;
-DROP VIEW IF EXISTS tracksolid.v_driver_aggregates_daily;
-DROP VIEW IF EXISTS tracksolid.v_fleet_trace;
-DROP VIEW IF EXISTS tracksolid.v_vehicles_not_moved_today;
-DROP VIEW IF EXISTS tracksolid.v_ingestion_health;
-DROP VIEW IF EXISTS tracksolid.v_fleet_km_daily;
-DROP VIEW IF EXISTS tracksolid.v_alarms_daily;
-DROP VIEW IF EXISTS tracksolid.v_currently_idle;
-DROP VIEW IF EXISTS tracksolid.v_active_dispatch_map;
-DROP VIEW IF EXISTS tracksolid.v_fleet_status;
-DROP VIEW IF EXISTS tracksolid.v_fleet_today;
+-- Dropped first so that a view may change its columns; CASCADE because the
+-- views of later files, which may depend on these, are then rebuilt too.
+DROP VIEW IF EXISTS tracksolid.v_driver_clock_attendance CASCADE;
+DROP VIEW IF EXISTS tracksolid.v_driver_clock_today CASCADE;
+DROP VIEW IF EXISTS tracksolid.v_driver_clock_daily CASCADE;
+DROP VIEW IF EXISTS tracksolid.v_driver_aggregates_daily CASCADE;
+DROP VIEW IF EXISTS tracksolid.v_fleet_trace CASCADE;
+DROP VIEW IF EXISTS tracksolid.v_vehicles_not_moved_today CASCADE;
+DROP VIEW IF EXISTS tracksolid.v_ingestion_health CASCADE;
+DROP VIEW IF EXISTS tracksolid.v_fleet_km_daily CASCADE;
+DROP VIEW IF EXISTS tracksolid.v_alarms_daily CASCADE;
+DROP VIEW IF EXISTS tracksolid.v_currently_idle CASCADE;
+DROP VIEW IF EXISTS tracksolid.v_active_dispatch_map CASCADE;
+DROP VIEW IF EXISTS tracksolid.v_fleet_status CASCADE;
+DROP VIEW IF EXISTS tracksolid.v_fleet_today CASCADE;
 
 CREATE VIEW tracksolid.v_fleet_today AS
 SELECT d.imei,
