@@ -296,3 +296,27 @@ async def test_cli_creates_the_database_plans_then_migrates(pg_server):
     assert "ran versioned 0001_schemas.sql" in done.stdout.splitlines()
     assert stored == "Africa/Kampala"
     assert again.stdout.splitlines() == ["ran ensure_partitions 3 months: 0 created"]
+
+
+async def test_concurrent_partition_maintenance_creates_each_partition_once(
+    database_url,
+):
+    conns = [await asyncpg.connect(database_url) for _ in range(3)]
+    try:
+        created = await asyncio.gather(
+            *(
+                c.fetchval("SELECT tracksolid.ensure_partitions('5 years')")
+                for c in conns
+            )
+        )
+        parts = await conns[0].fetchval(
+            "SELECT count(*) FROM pg_inherits "
+            "WHERE inhparent = 'tracksolid.position_history'::regclass"
+        )
+    finally:
+        for c in conns:
+            await c.close()
+    # Last month to 60 months ahead is 62 monthly partitions, 5 of which the
+    # migration made (last month to 3 months ahead), for each of 4 tables.
+    assert sorted(created) == [0, 0, 4 * (62 - 5)]
+    assert parts == 62 + 1

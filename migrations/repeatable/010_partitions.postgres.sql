@@ -20,6 +20,9 @@ DECLARE
     child text;
     created integer := 0;
 BEGIN
+    -- The migrate command and every API worker call this; one at a time, so that
+    -- two callers never race to create the same partition.
+    PERFORM pg_advisory_xact_lock(hashtext('tracksolid.ensure_partitions'));
     FOR parent, parent_name, key_column IN
         SELECT c.oid::regclass, c.relname, a.attname
         FROM pg_partitioned_table p
