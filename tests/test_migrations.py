@@ -320,3 +320,29 @@ async def test_concurrent_partition_maintenance_creates_each_partition_once(
     # migration made (last month to 3 months ahead), for each of 4 tables.
     assert sorted(created) == [0, 0, 4 * (62 - 5)]
     assert parts == 62 + 1
+
+
+async def test_every_view_and_api_function_is_documented(database_url):
+    conn = await asyncpg.connect(database_url)
+    try:
+        undocumented = await conn.fetch(
+            """
+            SELECT c.oid::regclass::text AS name FROM pg_class c
+            WHERE c.relnamespace IN ('tracksolid'::regnamespace,
+                                     'reporting'::regnamespace)
+              AND c.relkind IN ('v', 'm') AND obj_description(c.oid) IS NULL
+            UNION ALL
+            SELECT p.oid::regprocedure::text FROM pg_proc p
+            WHERE p.pronamespace = 'reporting'::regnamespace
+              AND p.proname LIKE 'fn\\_%' AND obj_description(p.oid) IS NULL
+            """
+        )
+        views = await conn.fetchval(
+            "SELECT count(*) FROM pg_class WHERE relkind IN ('v', 'm') AND "
+            "relnamespace IN ('tracksolid'::regnamespace, 'reporting'::regnamespace)"
+        )
+    finally:
+        await conn.close()
+    assert [row["name"] for row in undocumented] == []
+    # 13 analytics views, 12 reporting views, v_trips and v_mileage_daily.
+    assert views == 13 + 12 + 1 + 1
