@@ -11,6 +11,11 @@ its first batch to its last offset commit, so the group join is left out. A
 second group then replays the topic over the stored rows, which measures the
 path where every key already exists.
 
+The sink does not reach the 0.6 target ratio on a small machine: decoding each
+Avro record in Python alone is slower than PostgreSQL's COPY (the "decode alone"
+line), and fetching from Kafka comes on top. Scaling out is the way past it:
+more sink processes in the same group split the partitions between them.
+
 Uses ``KAFKA_BOOTSTRAP_SERVERS`` and ``DATABASE_URL`` when set (a database is
 created there and dropped at the end); otherwise starts the embedded broker and
 PostgreSQL in a temporary folder.
@@ -132,18 +137,30 @@ async def raw_copy_seconds(url: str, rows: list[tuple]) -> float:
         await conn.close()
 
 
-async def publish(settings: Settings, fixes: list[dict]) -> None:
+async def publish(settings: Settings, fixes: list[dict]) -> list[bytes]:
+    """Write the fixes to the clean topic; return their encoded values."""
     await ensure_topics(settings, (spec(CLEAN, "position"), DEADLETTER_TOPIC))
     encoder = codec("Position")
+    values = [encoder.encode(fix) for fix in fixes]
     producer = make_producer(settings, linger_ms=20)
     await producer.start()
     try:
         topic = settings.topic(CLEAN, "position")
-        for fix in fixes:
-            await producer.send(topic, encoder.encode(fix), key=fix["imei"].encode())
+        for fix, value in zip(fixes, values, strict=True):
+            await producer.send(topic, value, key=fix["imei"].encode())
         await producer.flush()
     finally:
         await producer.stop()
+    return values
+
+
+def decode_seconds(values: list[bytes]) -> float:
+    """Return the time the codec alone takes to decode every value once."""
+    decoder = codec("Position")
+    started = time.perf_counter()
+    for value in values:
+        decoder.decode(value)
+    return time.perf_counter() - started
 
 
 async def run_sink(settings: Settings, expected: int, group_id=None) -> Sink:
@@ -175,7 +192,8 @@ async def bench(rows: int, devices: int, batch: int) -> float:
             topic_prefix=f"bench{uuid.uuid4().hex[:8]}",
             sink_batch_max_records=batch,
         )
-        await publish(settings, fixes)
+        values = await publish(settings, fixes)
+        decode_s = decode_seconds(values)
 
         getter = POSITION.row_getter()
         copy_s = await raw_copy_seconds(url, [getter(fix) for fix in fixes])
@@ -191,6 +209,10 @@ async def bench(rows: int, devices: int, batch: int) -> float:
     ratio = (rows / elapsed(sink)) / (rows / copy_s)
     print(f"rows                 {rows} ({devices} devices, batches of {batch})")
     print(f"raw COPY             {copy_s:8.3f} s  {rows / copy_s:10.0f} rows/s")
+    print(
+        f"Avro decode alone    {decode_s:8.3f} s  {rows / decode_s:10.0f} rows/s  "
+        "(a ceiling for the sink)"
+    )
     print(f"sink                 {report(sink, rows)}")
     print(f"sink replay          {report(replay, rows)}  (every row already stored)")
     verdict = "meets" if ratio >= TARGET_RATIO else "below"
