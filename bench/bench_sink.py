@@ -14,7 +14,8 @@ path where every key already exists.
 The sink does not reach the 0.6 target ratio on a small machine: decoding each
 Avro record in Python alone is slower than PostgreSQL's COPY (the "decode alone"
 line), and fetching from Kafka comes on top. Scaling out is the way past it:
-more sink processes in the same group split the partitions between them.
+more sink processes in the same group split the partitions between them (not
+measured here).
 
 Uses ``KAFKA_BOOTSTRAP_SERVERS`` and ``DATABASE_URL`` when set (a database is
 created there and dropped at the end); otherwise starts the embedded broker and
