@@ -4,7 +4,7 @@
 
 Both figures come from the same run, the same database and the same table,
 ``tracksolid.position_history``: first one asyncpg ``copy_records_to_table`` of
-every row (the floor of what PostgreSQL can take), then, on the emptied table,
+every row (the fastest way into PostgreSQL), then, on the emptied table,
 the sink reading the same rows as Avro records from the clean topic, writing
 history and live positions and committing offsets. The sink's time runs from
 its first batch to its last offset commit, so the group join is left out. A
