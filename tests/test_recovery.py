@@ -362,3 +362,31 @@ async def _log_fixes(settings, partition: int, imei: str, positions) -> None:
             )
     finally:
         await producer.stop()
+
+
+async def test_state_it_cannot_read_stops_the_stage(recovery_settings, tmp_path):
+    # Skipping a partition whose state failed to load would drop its facts for
+    # good; the stage must stop and say why instead.
+    settings = recovery_settings
+    await ensure_topics(settings)
+    head = json.dumps({"v": 99})
+    value = codec("DerivedState").encode(
+        {"imei": "860000000000050", "kind": "head", "body": head}
+    )
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        topic = settings.topic(STATE, "derived")
+        await producer.send_and_wait(topic, value, key=b"860000000000050", partition=0)
+    finally:
+        await producer.stop()
+    stage = Stage(settings, tmp_path / "process.log")
+    try:
+        stage.start()
+        stage.process.wait(60)
+    finally:
+        stage.kill_if_running()
+
+    log = stage.log.read_text()
+    assert "derived worker failed; stopping the stage" in log
+    assert "has version 99, expected 1" in log
