@@ -25,6 +25,7 @@ from api import health, maps, routes
 from api.refresh import run_refresh_loop
 from fleetstream import logs
 from fleetstream.db import create_pool
+from fleetstream.runtime import run_until_stopped, serve_http
 from fleetstream.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -157,4 +158,5 @@ def main(settings: Settings) -> None:
             **options,
         )
         return
-    uvicorn.Server(uvicorn.Config(create_app(settings), **options)).run()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), **options))
+    run_until_stopped(lambda stop: serve_http(server, stop))

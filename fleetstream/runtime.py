@@ -34,3 +34,18 @@ async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+async def serve_http(server, stop: asyncio.Event) -> None:
+    """Run a ``uvicorn.Server`` until it exits or ``stop`` is set.
+
+    uvicorn catches SIGTERM/SIGINT while it serves and raises them again once
+    done; under ``run_until_stopped`` that lands on the stop handler, so the
+    process ends with status 0 after a clean shutdown.
+    """
+    serving = asyncio.create_task(server.serve())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    server.should_exit = True
+    stopping.cancel()
+    await serving

@@ -37,7 +37,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from fleetstream.codec import codec
 from fleetstream.errors import FleetstreamError
 from fleetstream.kafka import ensure_topics, make_producer
-from fleetstream.runtime import run_until_stopped
+from fleetstream.runtime import run_until_stopped, serve_http
 from fleetstream.settings import Settings
 from fleetstream.topics import RAW_TOPICS, raw_kind
 
@@ -375,15 +375,7 @@ def main(settings: Settings) -> None:
             log_config=None,
             lifespan="on",
         )
-        server = uvicorn.Server(config)
-        # uvicorn takes SIGTERM/SIGINT while it serves and raises them again when
-        # it is done, so either way out ends both the server and the stage.
-        serving = asyncio.create_task(server.serve())
-        stopping = asyncio.create_task(stop.wait())
-        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        server.should_exit = True
-        stopping.cancel()
-        await serving
+        await serve_http(uvicorn.Server(config), stop)
         logger.info("webhook receiver stopped")
 
     run_until_stopped(serve)
