@@ -92,11 +92,22 @@ async def test_positions_are_cleaned_deduplicated_and_dead_lettered(make_setting
         ],
     )
     stop = asyncio.Event()
-    worker = asyncio.create_task(run(settings, stop))
+    routers = []
+    worker = asyncio.create_task(
+        run(settings, stop, on_ready=lambda app, router: routers.append(router))
+    )
     try:
         got = await consume(
             settings, {"clean.position": 1, "clean.heartbeat": 1, "deadletter.all": 3}
         )
+        counted = routers[0].dead_letters_seen
+        for _ in range(100):  # the metric agent reads the dead-letter topic back
+            if counted["process"] >= 3:
+                break
+            await asyncio.sleep(0.1)
+        assert dict(counted) == {"process": 3}
+        assert routers[0].counts["deadletter"] == 3
+        assert routers[0].counts["duplicate"] == 1
     finally:
         stop.set()
         await asyncio.wait_for(worker, 30)
@@ -121,3 +132,119 @@ async def test_positions_are_cleaned_deduplicated_and_dead_lettered(make_setting
     assert any("JSON list" in d["reason"] for d in dead)
     assert all(d["origin_topic"] == settings.topic("raw", "position") for d in dead)
     assert len(origins) == 3
+
+
+GOOD_RECORDS = {
+    # raw kind: (origin, payload, clean topic)
+    "heartbeat": (
+        "pushhb",
+        {"deviceImei": "860001000000011", "gateTime": "2025-03-10 06:21:00", "acc": 1},
+        "heartbeat",
+    ),
+    "alarm": (
+        "jimi.push.device.alarm",
+        {
+            "imei": "860001000000011",
+            "alarmType": "6",
+            "alarmTime": "2025-03-10 06:20:33",
+        },
+        "alarm",
+    ),
+    "device": (
+        "jimi.user.device.list",
+        {"imei": "860001000000011", "vehicleNumber": "kzz-101a"},
+        "device",
+    ),
+    "trip": (
+        "jimi.device.track.mileage",
+        {
+            "imei": "860001000000011",
+            "startTime": "2025-03-10 03:58:10",
+            "endTime": "2025-03-10 04:09:50",
+            "distance": 9.42,
+        },
+        "trip",
+    ),
+    "parking": (
+        "jimi.open.platform.report.parking",
+        {
+            "imei": "860001000000011",
+            "startTime": "2025-03-10T04:09:50.000Z",
+            "acc": "off",
+        },
+        "parking",
+    ),
+    "event": (
+        "pushevent",
+        {
+            "deviceImei": "860001000000011",
+            "type": "LOGIN",
+            "gateTime": "2025-03-10 06:00:00",
+        },
+        "event",
+    ),
+    "lbs": (
+        "pushlbs",
+        {"deviceImei": "860001000000011", "gateTime": "2025-03-10 06:22:10"},
+        "lbs",
+    ),
+    "obd": (
+        "pushobd",
+        {
+            "deviceImei": "860001000000011",
+            "gateTime": "2025-03-10 06:22:10",
+            "currentRPM": "900",
+        },
+        "obd",
+    ),
+    "fault": (
+        "pushfaultinfo",
+        {
+            "deviceImei": "860001000000011",
+            "faultCode": "P0301",
+            "gateTime": "2025-03-10 06:22:10",
+        },
+        "fault",
+    ),
+    "temperature": (
+        "pushtem",
+        {"deviceImei": "860001000000011", "gateTime": "2025-03-10 06:22:10"},
+        "temperature",
+    ),
+    "fuel": (
+        "pushoil",
+        {"deviceImei": "860001000000011", "gateTime": "2025-03-10 06:22:10"},
+        "fuel",
+    ),
+}
+
+
+async def test_every_kind_reaches_its_clean_topic(make_settings):
+    settings = make_settings()
+    await ensure_topics(settings)
+    imei = b"860001000000011"
+    for kind, (origin, payload, _) in GOOD_RECORDS.items():
+        broken = {k: v for k, v in payload.items() if k not in ("imei", "deviceImei")}
+        await produce(
+            settings,
+            kind,
+            [(imei, raw_event(origin, payload)), (imei, raw_event(origin, broken))],
+        )
+    await produce(settings, "other", [(imei, raw_event("pushfileupload", {"a": 1}))])
+    want = {f"clean.{clean}": 1 for _, _, clean in GOOD_RECORDS.values()}
+    want["deadletter.all"] = len(GOOD_RECORDS)
+
+    stop = asyncio.Event()
+    worker = asyncio.create_task(run(settings, stop, agent_modules=()))
+    try:
+        got = await consume(settings, want)
+    finally:
+        stop.set()
+        await asyncio.wait_for(worker, 30)
+
+    assert {name: len(records) for name, records in got.items()} == want
+    device = codec("Device").decode(got["clean.device"][0].value)
+    assert device["vehicle_number_norm"] == "KZZ101A"
+    dead = [codec("DeadLetter").decode(r.value) for r in got["deadletter.all"]]
+    assert {d["reason"] for d in dead} == {"no IMEI in the record or its envelope"}
+    assert {d["origin_topic"].split(".")[-1] for d in dead} == set(GOOD_RECORDS)
