@@ -48,6 +48,12 @@ counted twice. Outputs sent just before a crash may be missing while the state
 already holds them, so after recovery every device re-sends its recent trips
 and its day totals; their keys and trip ids make that idempotent downstream.
 
+Silence that closes a trip (``trip_idle_close_seconds``) is measured on this
+worker's wall clock from the last fix of the device it processed, and only in
+partitions it has read to their high watermark; a restart starts the count
+again. A worker stalled for longer than that while its broker keeps accepting
+fixes (a rebalance does not last that long) would close trips early.
+
 Live positions are not derived here: the sink upserts
 ``tracksolid.live_positions`` from the Position topic, forward only.
 """
@@ -65,7 +71,7 @@ from zoneinfo import ZoneInfo
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from fleetstream.codec import codec
 from fleetstream.errors import ContractError
@@ -549,10 +555,17 @@ class DerivedWorker(ConsumerRebalanceListener):
             out.heads[imei] = device
 
     async def _expire(self) -> None:
+        """Close trips of silent devices in partitions this worker is level with.
+
+        A partition with records still to read is not silence: its devices
+        may have spoken, so their trips stay open until the worker catches up.
+        """
         wall = now_ms()
         async with self._lock:
             batches = []
             for partition, devices in self.partitions.items():
+                if not await self._caught_up(partition):
+                    continue
                 out = Batch(self, partition)
                 for device in devices.values():
                     changes = device.expire(wall)
@@ -561,6 +574,16 @@ class DerivedWorker(ConsumerRebalanceListener):
                 if out:
                     batches.append(out)
             await self._send(batches)
+
+    async def _caught_up(self, partition: int) -> bool:
+        tp = TopicPartition(self.position_topic, partition)
+        highwater = self._consumer.highwater(tp)
+        if highwater is None:
+            return False
+        try:
+            return await self._consumer.position(tp) >= highwater
+        except IllegalStateError:
+            return False
 
     async def _send(self, batches: list[Batch]) -> None:
         """Send every message of the batches and wait for all acknowledgements."""
