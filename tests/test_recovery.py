@@ -390,3 +390,43 @@ async def test_state_it_cannot_read_stops_the_stage(recovery_settings, tmp_path)
     log = stage.log.read_text()
     assert "derived worker failed; stopping the stage" in log
     assert "has version 99, expected 1" in log
+
+
+async def test_state_moves_with_its_partitions_between_two_workers(make_settings):
+    settings = make_settings(trip_idle_close_seconds=IDLE_CLOSE_S)
+    await ensure_topics(settings)
+    stream = fleet_stream()
+    expected_trips, expected_days, expected_devices = uninterrupted(settings, stream)
+    first, rest = stream[: len(stream) // 3], stream[len(stream) // 3 :]
+    unique_first = len({(p["imei"], p["gps_time"]) for p in first})
+    await produce_positions(settings, first)
+
+    async with RunningWorker(settings) as one:
+        assert await wait_for(lambda: _at_least(settings, unique_first), timeout=30)
+        two = RunningWorker(settings)
+        async with two:
+            await wait_for(lambda: _shared(one, two.worker), timeout=60)
+            assert one.partitions and two.worker.partitions
+            await produce_paced(settings, rest)
+            expected = comparable(expected_trips, expected_days)
+
+            async def caught_up():
+                got = await outputs(settings)
+                return got if comparable(*got) == expected else None
+
+            got = await wait_for(caught_up, timeout=90, every=1.0)
+            handed_over = [i for d in two.worker.partitions.values() for i in d]
+
+    assert got is not None, "outputs of two workers differ from the reference"
+    # Every device spoke in the first part, so the second worker's devices all
+    # came to it with state the first one wrote.
+    assert handed_over and two.worker.counts["fixes"] > 0
+    assert_same_figures(got[0], expected_trips, ("distance_m", "gps_distance_m"))
+    assert_same_figures(got[1], expected_days, ("distance_m", "gps_distance_m"))
+    devices = await recovered(settings)
+    for imei, device in devices.items():
+        assert state_picture(device) == state_picture(expected_devices[imei]), imei
+
+
+async def _shared(one: DerivedWorker, two: DerivedWorker) -> bool:
+    return bool(one.partitions) and bool(two.partitions)
