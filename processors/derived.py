@@ -156,6 +156,7 @@ class DeviceDerivation:
         self.machine = TripMachine(config.trips)
         self.recent: list[Span] = []
         self.latest: int | None = None
+        self.pruned_through = 0
         self.last_seen_wall = 0
         self.device: dict = {}
 
@@ -207,9 +208,11 @@ class DeviceDerivation:
 
     def _prune(self) -> list[int]:
         cutoff = self.latest - self.config.window_ms
-        # Pruning an hour at a time keeps it off the per-fix path.
-        if not self.track.times or self.track.times[0] >= cutoff - 3_600_000:
+        # Pruning an hour at a time keeps it off the per-fix path. When it runs
+        # depends on the fixes only, so a restarted worker prunes alike.
+        if cutoff < self.pruned_through + 3_600_000:
             return []
+        self.pruned_through = cutoff
         self.ledger.prune(cutoff - DAY_MS)
         self.recent = [s for s in self.recent if s.end.t >= cutoff]
         return self.track.prune(cutoff)
@@ -247,6 +250,7 @@ class DeviceDerivation:
             "days": self.ledger.to_state(),
             "recent": [span.as_list() for span in self.recent],
             "latest": self.latest,
+            "pruned_through": self.pruned_through,
             "last_seen_wall": self.last_seen_wall,
             "device": self.device,
         }
@@ -264,6 +268,7 @@ class DeviceDerivation:
         self.ledger = DayLedger.from_state(self.config.zone, head["days"])
         self.recent = [Span.from_list(values) for values in head["recent"]]
         self.latest = head["latest"]
+        self.pruned_through = head["pruned_through"]
         self.last_seen_wall = head["last_seen_wall"]
         self.device = head["device"]
 
