@@ -29,7 +29,7 @@ import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from fleetstream.codec import codec
-from fleetstream.errors import ContractError
+from fleetstream.errors import ContractError, FleetstreamError
 from fleetstream.kafka import ensure_topics
 from fleetstream.runtime import run_until_stopped
 from fleetstream.settings import Settings, get_settings
@@ -45,6 +45,10 @@ AGENT_MODULES = ("processors.derived",)
 # say. The embedded broker never wakes a waiting fetch when records arrive, so
 # that value would add up to 1.5 s of latency to every hop.
 EMBEDDED_FETCH_MAX_WAIT_MS = 20
+
+
+class ProcessorCrashed(FleetstreamError):
+    """A service or agent of the processing app failed; offsets are safe."""
 
 
 class _ShortFetchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -160,7 +164,11 @@ async def run(
     on_ready: Callable[[faust.App, Router], None] | None = None,
     agent_modules: tuple[str, ...] = AGENT_MODULES,
 ) -> None:
-    """Run the processing app until ``stop`` is set or the app stops itself."""
+    """Run the processing app until ``stop`` is set or the app stops itself.
+
+    Raises ``ProcessorCrashed`` when a service or agent failed, so the process
+    exits with an error and its supervisor restarts it.
+    """
     await ensure_topics(settings)
     app, router = build(settings, agent_modules)
     await app.start()
@@ -182,6 +190,8 @@ async def run(
             counts["deadletter"],
             counts["duplicate"],
         )
+    if app.crash_reason is not None:
+        raise ProcessorCrashed("the processing app crashed") from app.crash_reason
 
 
 def main(settings: Settings) -> None:
