@@ -438,6 +438,8 @@ async def test_rejected_and_undecodable_records_go_to_dead_letters(settings):
         await until(lambda: sink.stats.records == len(records), what="batch")
 
     assert await history(settings) == sorted(as_row(r) for r in good)
+    # The rejected fix was the newest of its device; the newest good one is live.
+    assert await live(settings) == [as_row(position(imei, 29)) for imei in IMEIS]
     assert sink.stats.dead_letters == 2
     letters = sorted(await dead_letters(settings, 2), key=lambda d: d["reason"])
     assert len(letters) == 2
