@@ -2,14 +2,21 @@
 --
 -- Great-circle distance in metres on a sphere of the mean Earth radius
 -- (6 371 008.8 m); the stream computes trip and daily distance the same way.
+-- NULL when any input is NULL. Written to be inlined into the calling query (a
+-- plain SQL expression, not STRICT): a function call per fix costs more than
+-- the arithmetic. sqrt(h) is capped at 1 by subtracting its excess, because
+-- least() would turn a NULL into 1.
 CREATE OR REPLACE FUNCTION tracksolid.distance_m(
     lat1 double precision, lng1 double precision,
     lat2 double precision, lng2 double precision
 ) RETURNS double precision
-    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
-SELECT 2 * 6371008.8 * asin(least(1, sqrt(
-    sin(radians(lat2 - lat1) / 2) ^ 2
-    + cos(radians(lat1)) * cos(radians(lat2)) * sin(radians(lng2 - lng1) / 2) ^ 2)))
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+SELECT 2 * 6371008.8 * asin(
+    sqrt(sin(radians(lat2 - lat1) / 2) ^ 2
+         + cos(radians(lat1)) * cos(radians(lat2)) * sin(radians(lng2 - lng1) / 2) ^ 2)
+    - greatest(sqrt(sin(radians(lat2 - lat1) / 2) ^ 2
+                    + cos(radians(lat1)) * cos(radians(lat2))
+                      * sin(radians(lng2 - lng1) / 2) ^ 2) - 1, 0))
 $$;
 
 -- Whether the step between two consecutive fixes counts towards distance:
@@ -40,13 +47,22 @@ SELECT coalesce(sum(step_m) FILTER (
            WHERE tracksolid.step_counts(step_m, step_s, speed_kmh, prev_speed_kmh)
        ), 0) / 1000
 FROM (
-    SELECT tracksolid.distance_m(lag(lat) OVER w, lag(lng) OVER w, lat, lng) AS step_m,
-           extract(epoch FROM t - lag(t) OVER w) AS step_s,
+    SELECT tracksolid.distance_m(prev_lat, prev_lng, lat, lng) AS step_m,
+           extract(epoch FROM t - prev_t) AS step_s,
            speed_kmh,
-           lag(speed_kmh) OVER w AS prev_speed_kmh
-    FROM unnest(points) AS p
-    WHERE t IS NOT NULL
-    WINDOW w AS (ORDER BY t)
+           prev_speed_kmh
+    FROM (
+        SELECT t, lat, lng, speed_kmh,
+               lag(t) OVER w AS prev_t,
+               lag(lat) OVER w AS prev_lat,
+               lag(lng) OVER w AS prev_lng,
+               lag(speed_kmh) OVER w AS prev_speed_kmh
+        FROM unnest(points) AS p
+        WHERE t IS NOT NULL
+        WINDOW w AS (ORDER BY t)
+    ) pairs
+    -- Keeps the inlined distance expression from being evaluated per use.
+    OFFSET 0
 ) steps
 $$;
 

@@ -36,7 +36,10 @@ END $$;
 CREATE OR REPLACE FUNCTION tracksolid.refresh_mileage_daily(
     from_time timestamptz DEFAULT NULL, to_time timestamptz DEFAULT NULL
 ) RETURNS bigint
-    LANGUAGE plpgsql AS $$
+    LANGUAGE plpgsql
+    -- Two days of a large fleet are sorted in memory rather than on disk.
+    SET work_mem = '128MB'
+    AS $$
 DECLARE
     zone text := tracksolid.fleet_timezone();
     started timestamptz := clock_timestamp();
@@ -50,7 +53,8 @@ BEGIN
                ELSE (date_trunc('day', (to_time - interval '1 microsecond')
                                        AT TIME ZONE zone) + interval '1 day')
                     AT TIME ZONE zone END;
-    DELETE FROM tracksolid.v_mileage_daily_cagg WHERE day_start >= lo AND day_start < hi;
+    DELETE FROM tracksolid.v_mileage_daily_cagg
+    WHERE day_start >= lo AND day_start < hi;
     -- Set-based rather than through tracksolid.path_km: the same steps and rule,
     -- several times faster. Partitioning by pos_type = 'GPS' makes each GPS
     -- fix's previous fix the previous GPS fix of the same day.
@@ -68,18 +72,28 @@ BEGIN
                                                        prev_speed_kmh)), 0) / 1000
     FROM (
         SELECT imei, gps_time, speed_kmh, odometer_m, day_start, is_gps,
-               tracksolid.distance_m(lag(lat) OVER w, lag(lng) OVER w, lat, lng)
-                   AS step_m,
-               extract(epoch FROM gps_time - lag(gps_time) OVER w) AS step_s,
-               lag(speed_kmh) OVER w AS prev_speed_kmh
+               prev_speed_kmh,
+               tracksolid.distance_m(prev_lat, prev_lng, lat, lng) AS step_m,
+               extract(epoch FROM gps_time - prev_time) AS step_s
         FROM (
-            SELECT *, pos_type = 'GPS' AS is_gps,
-                   date_trunc('day', gps_time AT TIME ZONE zone) AT TIME ZONE zone
-                       AS day_start
-            FROM tracksolid.position_history
-            WHERE gps_time >= lo AND gps_time < hi
-        ) fixes
-        WINDOW w AS (PARTITION BY imei, day_start, is_gps ORDER BY gps_time)
+            SELECT imei, gps_time, lat, lng, speed_kmh, odometer_m, day_start, is_gps,
+                   lag(gps_time) OVER w AS prev_time,
+                   lag(lat) OVER w AS prev_lat,
+                   lag(lng) OVER w AS prev_lng,
+                   lag(speed_kmh) OVER w AS prev_speed_kmh
+            FROM (
+                SELECT imei, gps_time, lat, lng, speed_kmh, odometer_m,
+                       pos_type = 'GPS' AS is_gps,
+                       date_trunc('day', gps_time AT TIME ZONE zone)
+                           AT TIME ZONE zone AS day_start
+                FROM tracksolid.position_history
+                WHERE gps_time >= lo AND gps_time < hi
+            ) fixes
+            WINDOW w AS (PARTITION BY imei, day_start, is_gps ORDER BY gps_time)
+        ) pairs
+        -- OFFSET 0 keeps this level apart: merged into the aggregate, the inlined
+        -- distance expression would be evaluated once per use of step_m.
+        OFFSET 0
     ) steps
     GROUP BY imei, day_start;
     GET DIAGNOSTICS written = ROW_COUNT;
