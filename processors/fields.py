@@ -29,20 +29,26 @@ def present(value: object) -> bool:
     """Return True unless the value is None or an empty or blank string."""
     if value is None:
         return False
-    return not (isinstance(value, str) and not value.strip())
+    return value.__class__ is not str or bool(value) and not value.isspace()
 
 
 def first(record: dict, *names: str) -> object:
     """Return the first present value among ``names``, else None."""
     for name in names:
         value = record.get(name)
-        if present(value):
+        if value is not None and (value.__class__ is not str or present(value)):
             return value
     return None
 
 
 def number(value: object, field: str) -> float | None:
     """Return a finite float from a number or numeric string; None when missing."""
+    cls = value.__class__
+    # Fast path for JSON numbers; x - x is 0.0 only for finite x.
+    if cls is float and value - value == 0.0:
+        return value
+    if cls is int:
+        return float(value)
     if not present(value):
         return None
     if isinstance(value, bool):
