@@ -601,6 +601,9 @@ class DerivedWorker(ConsumerRebalanceListener):
                 value = self.trip_codec.encode(trip)
                 pending.append(await producer.send(self.trip_topic, value, key=key))
             for (imei, day), device in out.days.items():
+                if day not in device.ledger.days:
+                    # Forgotten later in the same batch: its last total stands.
+                    continue
                 value = self.mileage_codec.encode(device.day_record(day, wall))
                 key = f"{imei}|{day}".encode()
                 pending.append(await producer.send(self.mileage_topic, value, key=key))
