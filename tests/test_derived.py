@@ -288,3 +288,29 @@ def test_window_forgets_old_days_without_rewriting_their_totals(make_settings):
     assert stale is None
     assert "2026-03-02" not in device.ledger.days
     assert placed is not None and all(day > "2026-03-02" for day in placed.days)
+
+
+def test_late_fix_inside_a_closed_trip_re_sends_it_longer(make_settings):
+    settings = make_settings()
+    config = DerivedConfig.from_settings(settings)
+    device = DeviceDerivation("860000000000058", config)
+    t0 = utc("2026-03-02 06:00:00")
+    drive = [north(device.imei, t0 + i * 60_000, i * 1e3, 60.0, True) for i in range(8)]
+    off = [
+        north(device.imei, t0 + 480_000 + i * 60_000, 7e3, 0.0, False) for i in (0, 2)
+    ]
+    closed = [t for f in drive[:3] + drive[4:] + off for t in _trips(device, config, f)]
+    detour = dict(drive[3], lng=36.8 + 1_000 / DEGREE_M)
+
+    again = _trips(device, config, detour)
+
+    assert len(closed) == 1 and len(again) == 1
+    assert again[0]["trip_id"] == closed[0]["trip_id"]
+    assert closed[0]["gps_distance_m"] == pytest.approx(7_000, rel=0.001)
+    grown = 5_000 + 2 * math.hypot(1_000, 1_000)
+    assert again[0]["gps_distance_m"] == pytest.approx(grown, rel=0.001)
+
+
+def _trips(device: DeviceDerivation, config: DerivedConfig, position: dict) -> list:
+    changes = device.apply(config.fix(position), 0)
+    return changes.trips if changes else []
