@@ -167,11 +167,12 @@ def _verify(scripts: list[Script], ledger: dict) -> None:
             )
 
 
-async def _settings_salt(conn: asyncpg.Connection) -> str:
+async def _settings_salt(conn: asyncpg.Connection, overrides: dict[str, str]) -> str:
     """Return the settings that repeatable files bake in, as checksum salt.
 
     Only the fleet zone is fixed at creation (the continuous aggregate's buckets);
-    other settings are read when a query runs and need no rebuild.
+    other settings are read when a query runs and need no rebuild. ``overrides``
+    are values about to be stored, so that a dry run plans what a run would do.
     """
     exists = await conn.fetchval(
         "SELECT to_regclass('tracksolid.settings') IS NOT NULL"
@@ -179,11 +180,12 @@ async def _settings_salt(conn: asyncpg.Connection) -> str:
     if not exists:
         return ""
     rows = await conn.fetch(
-        "SELECT key, value FROM tracksolid.settings WHERE key = ANY ($1::text[]) "
-        "ORDER BY key",
+        "SELECT key, value FROM tracksolid.settings WHERE key = ANY ($1::text[])",
         list(BAKED_SETTINGS),
     )
-    return "\n-- settings " + json.dumps({row["key"]: row["value"] for row in rows})
+    values = {row["key"]: row["value"] for row in rows}
+    values.update((k, v) for k, v in overrides.items() if k in BAKED_SETTINGS)
+    return "\n-- settings " + json.dumps(dict(sorted(values.items())))
 
 
 async def _apply(conn: asyncpg.Connection, script: Script, checksum: str) -> None:
@@ -220,7 +222,7 @@ async def _store_settings(conn: asyncpg.Connection, values: dict[str, str]) -> N
         )
 
 
-async def _post_steps(conn: asyncpg.Connection, flavour: str) -> list[str]:
+async def _post_steps(conn: asyncpg.Connection) -> list[str]:
     """Run the environment steps that follow every migration."""
     done = []
     has_partitions = await conn.fetchval(
@@ -261,7 +263,7 @@ async def _migrate_locked(
 
     if settings and not dry_run:
         await _store_settings(conn, settings)
-    salt = await _settings_salt(conn)
+    salt = await _settings_salt(conn, settings)
     # Once one repeatable file runs, every later one runs too: it may have dropped
     # and recreated an object that later views are built on.
     rerun = False
@@ -278,7 +280,7 @@ async def _migrate_locked(
     if dry_run:
         plan.append(f"ensure_partitions {PARTITIONS_AHEAD}")
     else:
-        plan.extend(await _post_steps(conn, flavour))
+        plan.extend(await _post_steps(conn))
     logger.info(
         "migrations %s on %s: %d steps",
         "planned" if dry_run else "done",

@@ -146,10 +146,14 @@ async def test_changed_fleet_zone_rebuilds_the_daily_mileage(empty_database_url)
     # Settings read at query time need no rebuild; the zone does.
     unchanged = await migrate(empty_database_url, fleet_timezone="Africa/Nairobi")
 
+    planned = await migrate(
+        empty_database_url, fleet_timezone="Asia/Kolkata", dry_run=True
+    )
     steps = await migrate(empty_database_url, fleet_timezone="Asia/Kolkata")
 
     assert unchanged == ["ensure_partitions 3 months: 0 created"]
     assert "repeatable 051_mileage_daily.postgres.sql" in steps
+    assert planned[:-1] == steps[:-1]
     conn = await asyncpg.connect(empty_database_url)
     try:
         zone = await conn.fetchval("SELECT tracksolid.fleet_timezone()")
