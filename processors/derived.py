@@ -164,7 +164,8 @@ class DeviceDerivation:
         """Take one fix; return what changed, or None for a repeat or a stale fix.
 
         A fix older than the window behind the newest one is stale: its days
-        were final long ago and its neighbours may be forgotten.
+        were final long ago and its neighbours may be forgotten. The clean
+        stage drops fixes dated in the future, so the newest cannot run ahead.
         """
         if self.latest is not None and fix.t < self.latest - self.config.window_ms:
             return None
