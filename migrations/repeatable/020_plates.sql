@@ -20,9 +20,14 @@ SELECT nullif(
     translate(
         regexp_replace(
             translate(p,
-                '！＂＃＄％＆＇（）＊＋，－．／０１２３４５６７８９：；＜＝＞？＠ＡＢＣＤＥＦＧＨＩＪＫＬＭＮＯＰＱＲＳＴＵＶＷＸＹＺ［＼］＾＿｀ａｂｃｄｅｆｇｈｉｊｋｌｍｎｏｐｑｒｓｔｕｖｗｘｙｚ｛｜｝～',
-                '!"#$%&''()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\]^_`abcdefghijklmnopqrstuvwxyz{|}~'),
-            '[\u0009-\u000D\u0020\u0085\u00A0\u00AD\u1680\u180E\u2000-\u200D\u2028\u2029\u202F\u205F\u2060\u3000\uFEFF\u002D\u2010-\u2015\u2212.]',
+                '！＂＃＄％＆＇（）＊＋，－．／０１２３４５６７８' ||
+                '９：；＜＝＞？＠ＡＢＣＤＥＦＧＨＩＪＫＬＭＮＯＰ' ||
+                'ＱＲＳＴＵＶＷＸＹＺ［＼］＾＿｀ａｂｃｄｅｆｇｈ' ||
+                'ｉｊｋｌｍｎｏｐｑｒｓｔｕｖｗｘｙｚ｛｜｝～',
+                '!"#$%&''()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOP' ||
+                'QRSTUVWXYZ[\]^_`abcdefghijklmnopqrstuvwxyz{|}~'),
+            '[\u0009-\u000D\u0020\u0085\u00A0\u00AD\u1680\u180E\u2000-\u200D' ||
+            '\u2028\u2029\u202F\u205F\u2060\u3000\uFEFF\u002D\u2010-\u2015\u2212.]',
             '', 'g'),
         'abcdefghijklmnopqrstuvwxyz',
         'ABCDEFGHIJKLMNOPQRSTUVWXYZ'),
