@@ -28,8 +28,6 @@ from fleetstream.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-DEV_BROKER_PORT = 19092
-DEV_POSTGRES_PORT = 15432
 DEV_APP_KEY = "FAKEAPPKEY00000000000000000000AA"
 DEV_APP_SECRET = "fakeSecret0000000000000000000001"
 DEV_USER = "fleet_demo_ke"
@@ -194,13 +192,15 @@ def main(settings: Settings) -> None:
         bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
         profile = settings.broker_profile
         if not bootstrap:
-            broker = EmbeddedBroker(_port_or_free(DEV_BROKER_PORT), state / "tansu.log")
+            broker = EmbeddedBroker(
+                _port_or_free(settings.dev_broker_port), state / "tansu.log"
+            )
             bootstrap = broker.start().bootstrap_servers
             profile = "embedded"
         db_url = os.environ.get("DATABASE_URL")
         if not db_url:
             postgres = EmbeddedPostgres(
-                state / "pgdata", _port_or_free(DEV_POSTGRES_PORT)
+                state / "pgdata", _port_or_free(settings.dev_postgres_port)
             )
             db_url = postgres.start().url.rsplit("/", 1)[0] + "/fleetstream"
         settings = settings.model_copy(

@@ -136,6 +136,10 @@ class Settings(BaseSettings):
     map_tile_attribution: str = ""
     map_live_poll_seconds: float = 5.0
 
+    # Embedded services started by `fleetstream dev` (development only)
+    dev_broker_port: int = 19092
+    dev_postgres_port: int = 15432
+
     # Fake platform (development and tests only)
     fake_platform_host: str = "127.0.0.1"
     fake_platform_port: int = 8892
