@@ -38,6 +38,7 @@ STATS_INTERVAL_SECONDS = 60.0
 # Delivered offsets are committed at most this often, and always on stop and
 # before partitions are handed to another member.
 COMMIT_INTERVAL_SECONDS = 1.0
+PARTITION_CACHE_SIZE = 200_000
 
 
 class InFlight:
@@ -102,6 +103,8 @@ class RawCleaner(Service):
         self.producer = None
         self._partitioner = DefaultPartitioner()
         self._partitions: dict[str, list[int]] = {}
+        # The partitioner hashes in pure Python; keys (IMEIs) repeat endlessly.
+        self._partition_of: dict[tuple[str, bytes], tuple[str, int]] = {}
 
     async def on_start(self) -> None:
         self.producer = make_producer(self.settings)
@@ -172,13 +175,16 @@ class RawCleaner(Service):
         lands where a plain ``send`` would put it.
         """
         by_partition: dict[tuple[str, int], list[Outgoing]] = {}
+        cached = self._partition_of
         for out in outgoing:
-            partitions = self._partitions.get(out.topic)
-            if partitions is None:
-                partitions = sorted(await self.producer.partitions_for(out.topic))
-                self._partitions[out.topic] = partitions
-            partition = self._partitioner(out.key, partitions, partitions)
-            by_partition.setdefault((out.topic, partition), []).append(out)
+            destination = cached.get((out.topic, out.key))
+            if destination is None:
+                destination = (out.topic, await self._partition(out.topic, out.key))
+                if out.key is not None:
+                    if len(cached) >= PARTITION_CACHE_SIZE:
+                        cached.clear()
+                    cached[(out.topic, out.key)] = destination
+            by_partition.setdefault(destination, []).append(out)
         pending = []
         for (topic, partition), messages in by_partition.items():
             batch = self.producer.create_batch()
@@ -191,6 +197,13 @@ class RawCleaner(Service):
             batch.close()
             pending.append(await self._send_batch(batch, topic, partition))
         return pending
+
+    async def _partition(self, topic: str, key: bytes | None) -> int:
+        partitions = self._partitions.get(topic)
+        if partitions is None:
+            partitions = sorted(await self.producer.partitions_for(topic))
+            self._partitions[topic] = partitions
+        return self._partitioner(key, partitions, partitions)
 
     async def _send_batch(self, batch, topic: str, partition: int) -> asyncio.Future:
         return await self.producer.send_batch(batch, topic, partition=partition)
