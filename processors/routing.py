@@ -3,7 +3,7 @@
 ``Router.route`` is the one place that decides skip-or-raise for the processor:
 every failure to read or clean one record becomes a ``DeadLetter`` carrying the
 record's origin and the reason, so a poison record never stalls its partition.
-The router does no I/O; the faust agents in ``processors.app`` feed it and send
+The router does no I/O; ``processors.batch.RawCleaner`` feeds it and sends
 what it returns.
 """
 
@@ -91,7 +91,12 @@ class Router:
         return list(self._kind_by_raw_topic)
 
     def route(
-        self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
     ) -> Outgoing | None:
         """Return the clean or dead-letter message for one raw record, or None.
 
@@ -110,10 +115,12 @@ class Router:
         logger.debug("dead-lettered %s/%d@%d: %s", topic, partition, offset, reason)
         return self._dead_letter(topic, partition, offset, key, value, reason)
 
-    def _clean_one(self, topic: str, key: bytes | None, value: bytes):
+    def _clean_one(self, topic: str, key: bytes | None, value: bytes | None):
         kind = self._kind_by_raw_topic.get(topic)
         if kind is None:
             raise RejectedRecord(f"no cleaning rule for topic {topic}")
+        if value is None:
+            raise RejectedRecord("message has no value (tombstone)")
         raw = Raw.from_event(self._raw_codec.decode(value))
         if kind == "position":
             return self._position(raw)

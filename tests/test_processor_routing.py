@@ -136,6 +136,12 @@ def test_records_of_an_unknown_schema_are_dead_letters(make_settings):
     assert "unknown writer schema fingerprint" in letter["reason"]
     letter = codec("DeadLetter").decode(feed("alarm", b"").value)
     assert "not an Avro single-object message" in letter["reason"]
+    letter = codec("DeadLetter").decode(feed("alarm", None).value)
+    assert (letter["reason"], letter["value"]) == (
+        "message has no value (tombstone)",
+        None,
+    )
+    assert feed.router.counts == {"deadletter": 3}
 
 
 def test_payload_imei_wins_over_the_key_for_routing(make_settings):
