@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
@@ -70,30 +71,34 @@ async def template_db(pg_server):
     await admin.close()
 
 
+@asynccontextmanager
+async def scratch_database(pg_server: str, prefix: str, template: str | None = None):
+    """Create a database for one test and drop it afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    clause = f' TEMPLATE "{template}"' if template else ""
+    admin = await asyncpg.connect(pg_server)
+    await admin.execute(f'CREATE DATABASE "{name}"{clause}')
+    await admin.close()
+    try:
+        yield with_database(pg_server, name)
+    finally:
+        admin = await asyncpg.connect(pg_server)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
 @pytest.fixture
 async def database_url(pg_server, template_db):
     """Yield the URL of a migrated database that only this test uses."""
-    name = f"fs_test_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(pg_server)
-    await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-    await admin.close()
-    yield with_database(pg_server, name)
-    admin = await asyncpg.connect(pg_server)
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.close()
+    async with scratch_database(pg_server, "fs_test", template_db) as url:
+        yield url
 
 
 @pytest.fixture
 async def empty_database_url(pg_server):
     """Yield the URL of an empty database (no migrations applied)."""
-    name = f"fs_empty_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(pg_server)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    yield with_database(pg_server, name)
-    admin = await asyncpg.connect(pg_server)
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.close()
+    async with scratch_database(pg_server, "fs_empty") as url:
+        yield url
 
 
 @pytest.fixture
