@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
+import urllib.parse
+from pathlib import Path
 
 from fleetstream.codec import codec
 from fleetstream.kafka import ensure_topics, make_consumer, make_producer
 from processors.app import run
 
+SHARED = Path(os.environ.get("FLEETSTREAM_SHARED_DIR", "/work/shared"))
 RECEIVED_AT = 1741590000000  # 2025-03-10T07:00:00Z, after every sample fix
 
 LOCATION = {
@@ -300,3 +304,100 @@ async def test_agents_see_new_records_quickly_on_the_embedded_broker(make_settin
         await asyncio.wait_for(worker, 30)
     assert counted["sink"] == 7
     assert sorted(latencies)[3] < 0.4, latencies
+
+
+def sample_messages() -> dict[str, list[tuple[bytes, bytes]]]:
+    """Return every platform sample as raw messages, by raw kind."""
+    samples = SHARED / "samples" / "tracksolid"
+
+    def rows(name, *path):
+        body = json.loads((samples / name).read_text())
+        for step in path:
+            body = body[step]
+        return body
+
+    def pushed(name):
+        form = dict(urllib.parse.parse_qsl((samples / name).read_text().strip()))
+        return (
+            json.loads(form["data_list"])
+            if "data_list" in form
+            else [json.loads(form["data"])]
+        )
+
+    track_imei = "860001000000011"
+    by_kind = {
+        "position": [
+            ("jimi.user.device.location.list", r, None, "poll")
+            for r in rows("location_list_response.json", "result")
+        ]
+        + [
+            ("jimi.device.track.list", r, track_imei, "poll")
+            for r in rows("track_list_response.json", "result")
+        ]
+        + [("pushgps", r, None, "push") for r in pushed("push_pushgps.form.txt")],
+        "heartbeat": [
+            ("pushhb", r, None, "push") for r in pushed("push_pushhb.form.txt")
+        ],
+        "alarm": [
+            ("jimi.device.alarm.list", r, None, "poll")
+            for r in rows("alarm_list_response.json", "result")
+        ]
+        + [("pushalarm", r, None, "push") for r in pushed("push_pushalarm.form.txt")]
+        + [
+            ("jimi.push.device.alarm", r, None, "push")
+            for r in pushed("push_jimi_device_alarm.form.txt")
+        ],
+        "device": [
+            ("jimi.user.device.list", r, None, "poll")
+            for r in rows("device_list_response.json", "result")
+        ],
+        "trip": [
+            ("jimi.device.track.mileage", r, None, "poll")
+            for r in rows("track_mileage_response.json", "result")
+        ],
+        "parking": [
+            ("jimi.open.platform.report.parking", r, None, "poll")
+            for r in rows("report_parking_response.json", "data", "rows")
+        ],
+        "lbs": [("pushlbs", r, None, "push") for r in pushed("push_pushlbs.form.txt")],
+    }
+    messages = {}
+    for kind, records in by_kind.items():
+        messages[kind] = []
+        for origin, record, imei, source in records:
+            imei = imei or record.get("imei") or record.get("deviceImei")
+            value = raw_event(origin, record, imei=imei, source=source)
+            messages[kind].append((imei.encode(), value))
+    return messages
+
+
+async def test_platform_samples_end_to_end(make_settings):
+    settings = make_settings()
+    await ensure_topics(settings)
+    for kind, messages in sample_messages().items():
+        await produce(settings, kind, messages)
+    want = {
+        # 3 snapshots - 1 expired at (0,0); 5 track points - 1 repeat; 3 pushes -
+        # 1 at (0,0); the pushed 06:20:30 fix and the others are all distinct.
+        "clean.position": 2 + 4 + 2,
+        "clean.heartbeat": 2,
+        "clean.alarm": 4 + 1 + 1,
+        "clean.device": 3,
+        "clean.trip": 1,
+        "clean.parking": 2,
+        "clean.lbs": 1,
+        "deadletter.all": 2,
+    }
+    stop = asyncio.Event()
+    worker = asyncio.create_task(run(settings, stop, agent_modules=()))
+    try:
+        got = await consume(settings, want)
+    finally:
+        stop.set()
+        await asyncio.wait_for(worker, 30)
+
+    assert {name: len(records) for name, records in got.items()} == want
+    dead = [codec("DeadLetter").decode(r.value) for r in got["deadletter.all"]]
+    assert all("(0,0)" in d["reason"] for d in dead)
+    positions = [codec("Position").decode(r.value) for r in got["clean.position"]]
+    assert len({(p["imei"], p["gps_time"]) for p in positions}) == 8
