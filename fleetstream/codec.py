@@ -45,16 +45,14 @@ class Codec:
         self.name = name
         self.schema = current
         self.header = MAGIC + schema_fingerprint(current)
-        # Copies parsed with fastavro's marker, which lets every call skip
-        # parsing the schema again (about half the cost of a small record).
-        self._current = parse_schema(current)
-        self._writers = {key: parse_schema(w) for key, w in writers.items()}
-        self._writers[self.header[2:]] = self._current
+        # The current schema itself, not an equal copy from history: fastavro
+        # then sees writer and reader are one and skips comparing them per call.
+        self._writers = {**writers, self.header[2:]: current}
 
     def encode(self, record: dict[str, Any]) -> bytes:
         buf = io.BytesIO()
         buf.write(self.header)
-        fastavro.schemaless_writer(buf, self._current, record)
+        fastavro.schemaless_writer(buf, self.schema, record)
         return buf.getvalue()
 
     def decode(self, data: bytes) -> dict[str, Any]:
@@ -69,7 +67,7 @@ class Codec:
             )
         buf = io.BytesIO(data)
         buf.seek(HEADER_LEN)
-        return fastavro.schemaless_reader(buf, writer, self._current)
+        return fastavro.schemaless_reader(buf, writer, self.schema)
 
 
 @cache
