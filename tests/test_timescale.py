@@ -233,3 +233,31 @@ async def test_late_fix_reaches_daily_mileage_after_refresh(timescale, plain):
 
     assert on_timescale == on_postgres
     assert on_postgres[0][2] == expected_mileage()[0][2] + 1
+
+
+async def test_new_fleet_zone_rebuilds_the_continuous_aggregate(timescale, pglite_url):
+    # PGlite serves one connection at a time: the module's connection must go
+    # before the migrate command can connect, so this test runs last.
+    timescale[2].terminate()
+
+    steps = await migrate(pglite_url, fleet_timezone="Asia/Kolkata")
+
+    conn = await asyncpg.connect(pglite_url, statement_cache_size=0)
+    try:
+        comment = await conn.fetchval(f"SELECT obj_description('{CAGG}'::regclass)")
+        jobs = await conn.fetchval(
+            "SELECT count(*) FROM timescaledb_information.jobs "
+            "WHERE hypertable_name = 'v_mileage_daily_cagg'"
+        )
+        days = await conn.fetch(
+            "SELECT DISTINCT day_start FROM tracksolid.v_mileage_daily_cagg "
+            "WHERE day_start < '2026-04-01'"
+        )
+    finally:
+        conn.terminate()
+    assert "repeatable 051_mileage_daily.timescaledb.sql" in steps
+    assert "repeatable 070_analytics_views.sql" in steps
+    assert "zone Asia/Kolkata" in comment
+    assert jobs == 1
+    # Local midnight in Kolkata (UTC+5:30) is 18:30 UTC.
+    assert {(r["day_start"].hour, r["day_start"].minute) for r in days} == {(18, 30)}
