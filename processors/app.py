@@ -31,7 +31,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from fleetstream.codec import codec
 from fleetstream.errors import ContractError, FleetstreamError
 from fleetstream.kafka import ensure_topics
-from fleetstream.runtime import run_until_stopped
+from fleetstream.runtime import run_until_stopped, sleep_or_stop
 from fleetstream.settings import Settings, get_settings
 from fleetstream.topics import DEADLETTER_TOPIC
 from processors.batch import RawCleaner
@@ -45,6 +45,7 @@ AGENT_MODULES = ("processors.derived",)
 # say. The embedded broker never wakes a waiting fetch when records arrive, so
 # that value would add up to 1.5 s of latency to every hop.
 EMBEDDED_FETCH_MAX_WAIT_MS = 20
+APP_CHECK_INTERVAL_SECONDS = 0.5
 
 
 class ProcessorCrashed(FleetstreamError):
@@ -175,13 +176,12 @@ async def run(
     logger.info("processor started for %s", settings.topic_prefix)
     if on_ready is not None:
         on_ready(app, router)
-    stopped = asyncio.ensure_future(app.wait_until_stopped())
-    stopping = asyncio.ensure_future(stop.wait())
     try:
-        await asyncio.wait({stopped, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        # A crashed service marks the app as stopping; look at it twice a second.
+        while not app.should_stop:
+            if await sleep_or_stop(stop, APP_CHECK_INTERVAL_SECONDS):
+                break
     finally:
-        stopping.cancel()
-        stopped.cancel()
         await app.stop()
         counts = router.counts
         logger.info(
