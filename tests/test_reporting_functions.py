@@ -240,6 +240,23 @@ async def test_stream_trip_shows_again_once_the_platform_trip_is_gone(fleet):
     assert logged == 2
 
 
+async def test_revised_stream_trip_replaces_the_version_it_overlaps(fleet):
+    # Late fixes moved T3's start 5 minutes earlier: the stream wrote it again
+    # under a new trip_id, and the old row stays in the table.
+    await fleet.execute(
+        "INSERT INTO tracksolid.trips (trip_id, imei, start_time, end_time, "
+        "distance_km, source, updated_at) VALUES ('T3b', $1, "
+        "'2026-03-11 05:55+00', '2026-03-11 07:00+00', 12.5, 'stream', "
+        "now() + interval '1 minute')",
+        D1,
+    )
+    await fleet.execute("SELECT reporting.refresh_v_trips()")
+
+    rows = await fleet.fetch(TRIPS_QUERY, ["KCA123A"], None, None, None, None, None)
+
+    assert [row["trip_id"] for row in rows] == ["T2", "T3b", "T7"]
+
+
 @pytest.mark.parametrize(
     ("cost_centre", "acc_status", "expected"),
     [
