@@ -93,6 +93,7 @@ RECORDS: dict[str, dict] = {
 
 
 def fastavro_rate(schema: dict, record: dict, seconds: float) -> float:
+    """Return encode+decode round trips per second with fastavro."""
     parsed = parse_schema(schema)
     count, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
@@ -105,6 +106,7 @@ def fastavro_rate(schema: dict, record: dict, seconds: float) -> float:
 
 
 def avro_rate(schema: dict, record: dict, seconds: float) -> float:
+    """Return encode+decode round trips per second with the avro package."""
     parsed = avro.schema.parse(json.dumps(schema))
     writer = avro.io.DatumWriter(parsed)
     reader = avro.io.DatumReader(parsed, parsed)
@@ -129,6 +131,7 @@ def same_bytes(schema: dict, record: dict) -> bool:
 
 
 def main(seconds: float) -> None:
+    """Print both rates and their ratio for every benchmarked schema."""
     print(f"{'schema':<12}{'avro rec/s':>14}{'fastavro rec/s':>16}{'ratio':>8}  bytes")
     for name, record in RECORDS.items():
         schema = json.loads((SCHEMA_DIR / f"{name}.avsc").read_text())

@@ -86,6 +86,7 @@ def raw_positions(count: int) -> list[tuple[bytes, bytes]]:
 
 
 async def fill(settings: Settings, messages: list[tuple[bytes, bytes]]) -> None:
+    """Produce the raw messages to raw.position."""
     producer = make_producer(settings, linger_ms=20)
     await producer.start()
     try:
@@ -152,6 +153,7 @@ async def processor_rate(
 
 
 async def main(count: int, partitions: int, clean_only: bool) -> None:
+    """Fill a fresh topic, then measure and print both rates."""
     servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     broker = None
     if not servers:

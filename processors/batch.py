@@ -51,9 +51,11 @@ class InFlight:
         return len(self._batches)
 
     def add(self, delivered: asyncio.Future, offsets: dict[TopicPartition, int]):
+        """Queue a batch: its delivery and the offsets that follow its records."""
         self._batches.append((delivered, offsets))
 
     def oldest_done(self) -> bool:
+        """Return True when the oldest batch is delivered (or failed)."""
         return bool(self._batches) and self._batches[0][0].done()
 
     async def settle_oldest(self) -> dict[TopicPartition, int]:
@@ -107,6 +109,7 @@ class RawCleaner(Service):
         self._partition_of: dict[tuple[str, bytes], tuple[str, int]] = {}
 
     async def on_start(self) -> None:
+        """Start the producer, then join the group on every raw topic."""
         self.producer = make_producer(self.settings)
         await self.producer.start()
         self.consumer = make_consumer(
@@ -117,6 +120,7 @@ class RawCleaner(Service):
         logger.info("reading %d raw topics", len(self.router.raw_topics))
 
     async def on_stop(self) -> None:
+        """Commit everything delivered, then close the consumer and producer."""
         try:
             if self.consumer is not None:
                 await self.drain()

@@ -38,6 +38,7 @@ class CleanContext:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CleanContext:
+        """Return the context the settings describe."""
         return cls(
             platform_zone=ZoneInfo(settings.platform_timezone),
             future_tolerance_ms=int(settings.future_fix_tolerance_seconds * 1000),

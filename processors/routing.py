@@ -88,6 +88,7 @@ class Router:
 
     @property
     def raw_topics(self) -> list[str]:
+        """Return the raw topics this router cleans."""
         return list(self._kind_by_raw_topic)
 
     def route(
