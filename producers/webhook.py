@@ -10,8 +10,20 @@ Delivery: the reply ``{"code":0,"msg":"success"}`` is sent only after Kafka
 has acknowledged every record of the body. If the broker does not acknowledge
 them all in time the reply is 503, so the platform may resend; records that
 did reach Kafka before the timeout are then stored twice, which the
-processors' de-duplication absorbs. A body is accepted or refused as a whole:
-one malformed record refuses all of them, and nothing of it is published.
+processors' de-duplication absorbs.
+
+What is refused: a body that cannot be read as a whole (not UTF-8, not form or
+JSON, ``data_list`` not a JSON array, no records, wrong token, too large) gets
+a 4xx and nothing of it is published. A readable body is published whole, one
+RawEvent per element, so a bad record never costs the good records beside it:
+an element that is not a JSON object, or names no IMEI, is published as it came
+(its JSON text, ``imei`` null, no key) for the processor to dead-letter with a
+reason, and is counted in ``fleetstream_webhook_suspect_records_total``.
+
+``/healthz`` answers 200 only while the broker answers a metadata request
+(checked at most every ``HEALTH_CACHE_S``). A producer that fails
+``RESTART_AFTER_FAILURES`` pushes in a row is stopped and a new one started, so
+a wedged client heals without restarting the process.
 """
 
 from __future__ import annotations
@@ -20,6 +32,7 @@ import asyncio
 import hmac
 import json
 import logging
+import time
 import uuid
 from collections import Counter
 from contextlib import asynccontextmanager
@@ -46,6 +59,12 @@ logger = logging.getLogger(__name__)
 SUCCESS = {"code": 0, "msg": "success"}
 FORM_TYPE = "application/x-www-form-urlencoded"
 JSON_TYPE = "application/json"
+NOT_OBJECT = "record_not_object"
+NO_IMEI = "missing_imei"
+# A probe answer this fresh is reused: load balancers may probe many times a second.
+HEALTH_CACHE_S = 1.5
+HEALTH_TIMEOUT_S = 2.0
+RESTART_AFTER_FAILURES = 3
 
 
 class Refused(FleetstreamError):
@@ -60,11 +79,15 @@ class Refused(FleetstreamError):
 
 @dataclass(frozen=True)
 class Push:
-    """One accepted body: where it came from and its records, in order."""
+    """One readable body: where it came from and its elements, in order.
+
+    Elements are normally JSON objects; anything else is kept for the
+    dead-letter topic rather than dropped.
+    """
 
     origin: str
     token: str | None
-    records: list[dict[str, Any]]
+    records: list[Any]
 
 
 def token_matches(given: str | None, expected: str) -> bool:
@@ -74,8 +97,10 @@ def token_matches(given: str | None, expected: str) -> bool:
     return hmac.compare_digest(given.encode(), expected.encode())
 
 
-def record_imei(record: dict[str, Any]) -> str | None:
+def record_imei(record: Any) -> str | None:
     """Return the device IMEI a push record names, if any."""
+    if not isinstance(record, dict):
+        return None
     msg = record.get("msg")
     candidates = (
         record.get("deviceImei"),
@@ -105,7 +130,16 @@ def _parse_json(text: str, field: str) -> Any:
         ) from None
 
 
-def _as_records(value: Any, field: str) -> list[dict[str, Any]]:
+def suspect_reason(record: Any) -> str | None:
+    """Return why the processor will dead-letter ``record``, None if it may not."""
+    if not isinstance(record, dict):
+        return NOT_OBJECT
+    if record_imei(record) is None:
+        return NO_IMEI
+    return None
+
+
+def _as_records(value: Any, field: str) -> list[Any]:
     if isinstance(value, str):
         value = _parse_json(value, field)
     if isinstance(value, dict) and field == "data":
@@ -118,19 +152,6 @@ def _as_records(value: Any, field: str) -> list[dict[str, Any]]:
         )
     if not value:
         raise Refused(400, "empty_data_list", f"{field} holds no records")
-    for index, record in enumerate(value):
-        if not isinstance(record, dict):
-            raise Refused(
-                400,
-                "record_not_object",
-                f"{field}[{index}] must be a JSON object, got {type(record).__name__}",
-            )
-        if record_imei(record) is None:
-            raise Refused(
-                400,
-                "missing_imei",
-                f"{field}[{index}] has no deviceImei, imei or msg.deviceImei",
-            )
     return value
 
 
@@ -181,6 +202,9 @@ class Metrics:
     def __init__(self) -> None:
         self.requests: Counter[tuple[str, str]] = Counter()
         self.records: Counter[str] = Counter()
+        self.suspects: Counter[tuple[str, str]] = Counter()
+        self.producer_restarts = 0
+        self.broker_up: bool | None = None
 
     def count(self, origin: str, outcome: str, records: int = 0) -> None:
         self.requests[(origin, outcome)] += 1
@@ -199,19 +223,49 @@ class Metrics:
                 f'fleetstream_webhook_records_total{{origin="{o}"}} {n}'
                 for o, n in sorted(self.records.items())
             ),
+            "# TYPE fleetstream_webhook_suspect_records_total counter",
+            *(
+                "fleetstream_webhook_suspect_records_total"
+                f'{{origin="{o}",reason="{r}"}} {n}'
+                for (o, r), n in sorted(self.suspects.items())
+            ),
+            "# TYPE fleetstream_webhook_producer_restarts_total counter",
+            f"fleetstream_webhook_producer_restarts_total {self.producer_restarts}",
         ]
+        if self.broker_up is not None:
+            lines += [
+                "# TYPE fleetstream_webhook_broker_up gauge",
+                f"fleetstream_webhook_broker_up {int(self.broker_up)}",
+            ]
         return "\n".join(lines) + "\n"
 
 
 class ProducerHolder:
-    """The Kafka producer, started on first need and restarted after a failure."""
+    """The Kafka producer: started on first need, replaced when it keeps failing.
 
-    def __init__(self, settings: Settings, producer: AIOKafkaProducer | None) -> None:
+    A producer handed in by the caller is used as is: never replaced, never
+    stopped.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        producer: AIOKafkaProducer | None,
+        metrics: Metrics,
+        restart_after: int = RESTART_AFTER_FAILURES,
+    ) -> None:
         self.settings = settings
         self.owned = producer is None
         self.producer = producer
         self.started = producer is not None
+        self.metrics = metrics
+        self.restart_after = restart_after
+        self.failures = 0
         self._lock = asyncio.Lock()
+        self._retiring: set[asyncio.Task] = set()
+        self._checked_at = float("-inf")
+        self._reachable = False
+        self._probe_lock = asyncio.Lock()
 
     async def get(self) -> AIOKafkaProducer:
         if self.started:
@@ -228,7 +282,59 @@ class ProducerHolder:
                 logger.info("producer started")
         return self.producer
 
+    def succeeded(self) -> None:
+        """Note a push the broker acknowledged: it proves the broker reachable."""
+        self.failures = 0
+        self._reachable, self._checked_at = True, time.monotonic()
+        self.metrics.broker_up = True
+
+    def failed(self, producer: AIOKafkaProducer) -> None:
+        """Count a push ``producer`` could not deliver; replace it when due."""
+        # The next probe asks the broker again rather than trust an old answer.
+        self._checked_at = float("-inf")
+        if not self.owned or producer is not self.producer or not self.started:
+            return
+        self.failures += 1
+        if self.failures < self.restart_after:
+            return
+        # Pushes still waiting on the old producer keep it until they end; the
+        # next push starts a fresh one with new connections and metadata.
+        self.producer, self.started, self.failures = None, False, 0
+        self.metrics.producer_restarts += 1
+        task = asyncio.create_task(self._retire(producer))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+        logger.warning(
+            "producer failed %d pushes in a row; replacing it", self.restart_after
+        )
+
+    async def _retire(self, producer: AIOKafkaProducer) -> None:
+        timeout = self.settings.kafka_request_timeout_ms / 1000
+        try:
+            await asyncio.wait_for(producer.stop(), timeout)
+        except (TimeoutError, KafkaError, OSError) as exc:
+            logger.warning("replaced producer did not stop cleanly: %s", exc)
+
+    async def reachable(self) -> bool:
+        """Return whether the broker answers a metadata request now (cached)."""
+        async with self._probe_lock:
+            if time.monotonic() - self._checked_at < HEALTH_CACHE_S:
+                return self._reachable
+            try:
+                async with asyncio.timeout(HEALTH_TIMEOUT_S):
+                    producer = await self.get()
+                    await producer.client.fetch_all_metadata()
+                self._reachable = True
+            except (TimeoutError, KafkaError, OSError) as exc:
+                logger.debug("broker probe failed: %s", type(exc).__name__)
+                self._reachable = False
+            self._checked_at = time.monotonic()
+            self.metrics.broker_up = self._reachable
+            return self._reachable
+
     async def close(self) -> None:
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
         if self.owned and self.started:
             await self.producer.stop()
             self.started = False
@@ -252,8 +358,8 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 def create_app(settings: Settings, producer: AIOKafkaProducer | None = None) -> FastAPI:
     """Return the receiver app; a given producer is used as is and never stopped."""
-    holder = ProducerHolder(settings, producer)
     metrics = Metrics()
+    holder = ProducerHolder(settings, producer, metrics)
     expected_token = settings.webhook_push_token.get_secret_value()
     ack_timeout_s = settings.kafka_request_timeout_ms / 1000
     raw_event = codec("RawEvent")
@@ -269,14 +375,20 @@ def create_app(settings: Settings, producer: AIOKafkaProducer | None = None) -> 
 
     app = FastAPI(title="fleetstream webhook", lifespan=lifespan)
     app.state.metrics = metrics
+    app.state.producers = holder
 
-    async def publish(push: Push, received_at: datetime) -> None:
-        kafka = await holder.get()
+    async def publish(
+        kafka: AIOKafkaProducer, push: Push, received_at: datetime
+    ) -> Counter[str]:
+        """Send every element and wait for all acks; return the suspects' reasons."""
         topic = settings.topic("raw", raw_kind(push.origin))
         request_id = uuid.uuid4().hex
+        suspects: Counter[str] = Counter()
         futures = []
         for record in push.records:
             imei = record_imei(record)
+            if (reason := suspect_reason(record)) is not None:
+                suspects[reason] += 1
             value = raw_event.encode(
                 {
                     "source": "push",
@@ -287,11 +399,14 @@ def create_app(settings: Settings, producer: AIOKafkaProducer | None = None) -> 
                     "request_id": request_id,
                 }
             )
-            futures.append(await kafka.send(topic, value, key=imei.encode()))
+            key = imei.encode() if imei is not None else None
+            futures.append(await kafka.send(topic, value, key=key))
         await asyncio.gather(*futures)
+        return suspects
 
     async def receive(request: Request, path: str) -> JSONResponse:
         origin = path or "message"
+        kafka = None
         try:
             body = await _read_body(request, settings.webhook_max_body_bytes)
             content_type = request.headers.get("content-type", "").split(";")[0]
@@ -302,9 +417,10 @@ def create_app(settings: Settings, producer: AIOKafkaProducer | None = None) -> 
             if not token_matches(token, expected_token):
                 raise Refused(403, "wrong_token", "token does not match")
             origin = push.origin
-            await asyncio.wait_for(
-                publish(push, datetime.now(UTC)), timeout=ack_timeout_s
-            )
+            async with asyncio.timeout(ack_timeout_s):
+                kafka = await holder.get()
+                suspects = await publish(kafka, push, datetime.now(UTC))
+            holder.succeeded()
         except Refused as exc:
             metrics.count(origin, exc.reason)
             logger.info("refused push to /%s: %s", path, exc.reason)
@@ -313,6 +429,8 @@ def create_app(settings: Settings, producer: AIOKafkaProducer | None = None) -> 
                 status_code=exc.status,
             )
         except (TimeoutError, KafkaError, OSError) as exc:
+            if kafka is not None:
+                holder.failed(kafka)
             metrics.count(origin, "broker_unavailable")
             logger.warning(
                 "push to /%s not acknowledged by Kafka, answered 503: %s",
@@ -328,6 +446,15 @@ def create_app(settings: Settings, producer: AIOKafkaProducer | None = None) -> 
                 status_code=503,
             )
         metrics.count(origin, "accepted", len(push.records))
+        for reason, count in suspects.items():
+            metrics.suspects[(origin, reason)] += count
+        if suspects:
+            logger.info(
+                "push to /%s: %d of %d records published for the dead-letter topic",
+                path,
+                sum(suspects.values()),
+                len(push.records),
+            )
         logger.debug("published %s records from /%s", len(push.records), path)
         return JSONResponse(SUCCESS)
 
@@ -350,9 +477,12 @@ def create_app(settings: Settings, producer: AIOKafkaProducer | None = None) -> 
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
-        ready = holder.started
+        ready = await holder.reachable()
         return JSONResponse(
-            {"status": "ok" if ready else "broker_unavailable"},
+            {
+                "status": "ok" if ready else "broker_unavailable",
+                "producer_restarts": metrics.producer_restarts,
+            },
             status_code=200 if ready else 503,
         )
 
@@ -367,7 +497,12 @@ def main(settings: Settings) -> None:
     """Serve the receiver until SIGTERM or SIGINT."""
 
     async def serve(stop: asyncio.Event) -> None:
-        await ensure_topics(settings, RAW_TOPICS)
+        try:
+            await ensure_topics(settings, RAW_TOPICS)
+        except (KafkaError, OSError) as exc:
+            # Serving anyway lets /healthz say what is wrong; pushes get 503
+            # until the broker, and whoever creates the topics, are back.
+            logger.warning("raw topics not checked, broker unreachable: %s", exc)
         config = uvicorn.Config(
             create_app(settings),
             host=settings.webhook_host,

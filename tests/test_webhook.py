@@ -21,8 +21,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from fleetstream.codec import codec
 from fleetstream.embedded import EmbeddedBroker, free_port, wait_for_port
+from fleetstream.errors import RejectedRecord
 from fleetstream.kafka import ensure_topics
 from fleetstream.topics import RAW_TOPICS
+from processors.clean import Raw, device_imei
 from producers.webhook import SUCCESS, create_app, token_matches
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tracksolid"
@@ -275,12 +277,6 @@ MALFORMED = {
         400,
         "not_an_array",
     ),
-    "record not an object": (
-        _form_body(token=SAMPLE_TOKEN, data_list='[{"deviceImei": "1"}, 5]'),
-        FORM,
-        400,
-        "record_not_object",
-    ),
     "empty data_list": (
         _form_body(token=SAMPLE_TOKEN, data_list="[]"),
         FORM,
@@ -288,12 +284,6 @@ MALFORMED = {
         "empty_data_list",
     ),
     "no data_list": (_form_body(token=SAMPLE_TOKEN), FORM, 400, "missing_data_list"),
-    "record without imei": (
-        _form_body(token=SAMPLE_TOKEN, data_list='[{"deviceImei": "1"}, {"lat": 1}]'),
-        FORM,
-        400,
-        "missing_imei",
-    ),
     "NaN is not JSON": (
         _form_body(token=SAMPLE_TOKEN, data_list='[{"deviceImei": "1", "lat": NaN}]'),
         FORM,
@@ -591,3 +581,122 @@ async def test_records_of_one_device_keep_their_body_order(receiver):
 
     got = decoded(await read_topic(settings, settings.topic("raw", "position"), 30))
     assert [json.loads(e["payload"])["seq"] for _, e in got] == list(range(30))
+
+
+async def test_bad_records_travel_beside_good_ones_to_the_dead_letter_path(receiver):
+    settings, url = receiver
+    first, last = gps_record("860001000000011", 0), gps_record("860001000000012", 1)
+    elements = [first, 5, {"lat": 1.5}, "text", None, [1, 2], {"imei": " "}, last]
+    body = urlencode({"token": SAMPLE_TOKEN, "data_list": json.dumps(elements)})
+
+    async with httpx.AsyncClient() as client:
+        response = await client.post(url + "/pushgps", content=body, headers=FORM)
+        metrics = (await client.get(url + "/metrics")).text
+
+    assert response.status_code == 200
+    got = await read_topic(settings, settings.topic("raw", "position"), len(elements))
+    events = [codec("RawEvent").decode(m.value) for m in got]
+    assert sorted(e["payload"] for e in events) == sorted(
+        json.dumps(e, ensure_ascii=False) for e in elements
+    )
+    keyed = {m.key: json.loads(e["payload"]) for m, e in zip(got, events, strict=True)}
+    assert keyed[b"860001000000011"] == first
+    assert keyed[b"860001000000012"] == last
+    suspects = [e for e in events if e["imei"] is None]
+    assert len(suspects) == 6
+    assert all(
+        m.key is None for m in got if codec("RawEvent").decode(m.value) in suspects
+    )
+    # The processor's own reader refuses each suspect with a reason and keeps
+    # the good records: nothing of the body is silently lost.
+    for event in events:
+        try:
+            device_imei(Raw.from_event(event))
+        except RejectedRecord as exc:
+            assert event["imei"] is None and str(exc)
+        else:
+            assert event["imei"] is not None
+    assert 'origin="pushgps",reason="record_not_object"} 4' in metrics
+    assert 'origin="pushgps",reason="missing_imei"} 2' in metrics
+    assert 'fleetstream_webhook_records_total{origin="pushgps"} 8' in metrics
+
+
+async def test_health_follows_the_broker_without_any_push(make_settings, state_dir):
+    broker = EmbeddedBroker(free_port(), state_dir / "health-tansu.log")
+    settings = make_settings(
+        kafka_bootstrap_servers=broker.bootstrap_servers,
+        broker_profile="embedded",
+        webhook_push_token=SAMPLE_TOKEN,
+        kafka_request_timeout_ms=3000,
+    )
+
+    async def health_until(client, url, status, seconds=20.0):
+        deadline = time.monotonic() + seconds
+        while True:
+            response = await client.get(url + "/healthz")
+            if response.status_code == status or time.monotonic() > deadline:
+                return response
+            await asyncio.sleep(0.3)
+
+    try:
+        broker.start()
+        async with (
+            serving(create_app(settings)) as url,
+            httpx.AsyncClient(timeout=30) as client,
+        ):
+            up = await client.get(url + "/healthz")
+            broker.stop()
+            stopped = time.monotonic()
+            down = await health_until(client, url, 503)
+            noticed_after = time.monotonic() - stopped
+            down_metrics = (await client.get(url + "/metrics")).text
+            broker.start()
+            again = await health_until(client, url, 200)
+    finally:
+        broker.stop()
+
+    assert up.status_code == 200 and up.json()["status"] == "ok"
+    assert down.status_code == 503
+    assert down.json()["status"] == "broker_unavailable"
+    # The answer is cached briefly, never for long.
+    assert noticed_after < 6
+    assert "fleetstream_webhook_broker_up 0" in down_metrics
+    assert again.status_code == 200
+
+
+async def test_a_wedged_producer_is_replaced_instead_of_failing_forever(
+    make_settings,
+):
+    settings = make_settings(
+        webhook_push_token=SAMPLE_TOKEN, kafka_request_timeout_ms=1500
+    )
+    await ensure_topics(settings, RAW_TOPICS)
+    app = create_app(settings)
+    records = [gps_record("860001000000011", second) for second in range(6)]
+
+    async with serving(app) as url, httpx.AsyncClient(timeout=30) as client:
+
+        async def push(record):
+            return await client.post(
+                url + "/pushgps", content=form(SAMPLE_TOKEN, [record]), headers=FORM
+            )
+
+        before = await push(records[0])
+        # Stop the producer under the app: its sender is gone, so sends are
+        # queued and never acknowledged, like a client stuck on a dead link.
+        wedged = app.state.producers.producer
+        await wedged.stop()
+        during = [await push(record) for record in records[1:4]]
+        after = [await push(record) for record in records[4:]]
+        health = await client.get(url + "/healthz")
+        metrics = (await client.get(url + "/metrics")).text
+
+    assert before.status_code == 200
+    assert [r.status_code for r in during] == [503, 503, 503]
+    assert [r.status_code for r in after] == [200, 200]
+    assert app.state.producers.producer is not wedged
+    assert health.status_code == 200 and health.json()["producer_restarts"] == 1
+    assert "fleetstream_webhook_producer_restarts_total 1" in metrics
+    got = decoded(await read_topic(settings, settings.topic("raw", "position"), 3))
+    payloads = [json.loads(e["payload"]) for _, e in got]
+    assert records[0] in payloads and records[4] in payloads and records[5] in payloads
