@@ -138,3 +138,48 @@ async def test_kill_9_mid_stream_then_restart_loses_nothing(settings):
     repeats = len(reader.facts) - FIXES
     assert 0 <= repeats <= FIXES  # repeats only of facts the sink's key absorbs
     assert await committed(settings, f"{settings.topic_prefix}-process-clean") == FIXES
+
+
+async def produce_slowly(settings, messages, chunk: int = 500, pause: float = 0.25):
+    """Produce ``messages`` in chunks, so that workers join and leave mid-stream."""
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        for start in range(0, len(messages), chunk):
+            for key, value in messages[start : start + chunk]:
+                await producer.send(settings.topic("raw", "position"), value, key=key)
+            await producer.flush()
+            await asyncio.sleep(pause)
+    finally:
+        await producer.stop()
+
+
+async def test_two_workers_share_and_hand_over_partitions(settings):
+    """A second worker joins mid-stream, the first leaves: nothing is lost."""
+    await ensure_topics(settings)
+    reader = CleanReader(settings)
+    await reader.consumer.start()
+    feeding = None
+    try:
+        first = start_worker(settings)
+        feeding = asyncio.create_task(produce_slowly(settings, fixes(FIXES)))
+        await reader.read_until(lambda: len(reader.facts) > 0, timeout=60)
+        second = start_worker(settings)
+        await reader.read_until(lambda: False, timeout=3)  # both share the group
+        first.send_signal(signal.SIGTERM)
+        _, stderr = first.communicate(timeout=30)
+        assert first.returncode == 0, stderr.decode()[-2000:]
+        assert not feeding.done(), "the hand-over must happen mid-stream"
+        await feeding
+        await reader.read_until(lambda: len(set(reader.facts)) >= FIXES, timeout=90)
+        await asyncio.sleep(2)
+        second.send_signal(signal.SIGTERM)
+        _, stderr = second.communicate(timeout=30)
+        assert second.returncode == 0, stderr.decode()[-2000:]
+    finally:
+        if feeding is not None:
+            feeding.cancel()
+        await reader.consumer.stop()
+
+    assert len(set(reader.facts)) == FIXES
+    assert await committed(settings, f"{settings.topic_prefix}-process-clean") == FIXES
