@@ -18,6 +18,11 @@ from dataclasses import dataclass
 
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalGenerationError,
+    UnknownMemberIdError,
+)
 from aiokafka.structs import OffsetAndMetadata
 
 from fleetstream.kafka import make_consumer
@@ -138,30 +143,70 @@ async def print_lag(settings: Settings, out=sys.stdout) -> None:
             )
 
 
-async def replay(settings: Settings, *, group: str, topic: str) -> int:
+async def replay(
+    settings: Settings, *, group: str, topic: str, join_timeout_s: float = 60.0
+) -> int:
     """Rewind ``group`` to the start of ``topic``; return the records to re-read.
 
     The group's consumers must be stopped first: a running member would commit
     its own positions over the rewound ones. When they restart they re-read the
     topic; idempotent writes downstream make that safe.
+
+    A broker accepts a commit from outside the group only while the group has
+    no members. The embedded broker ignores LeaveGroup, so stopped members
+    linger there until they expire; in that case (and whenever the plain commit
+    is refused) the rewind joins the group as its only member and commits from
+    inside it.
     """
     tps = await _partitions(settings, [topic])
     if not tps:
         raise ValueError(f"topic {topic!r} does not exist")
-    consumer = make_consumer(
-        settings, group_id=group, client_id=f"fleetstream-replay-{uuid.uuid4().hex[:6]}"
-    )
+    client_id = f"fleetstream-replay-{uuid.uuid4().hex[:6]}"
+    consumer = make_consumer(settings, group_id=group, client_id=client_id)
     await consumer.start()
     try:
         consumer.assign(tps)
         starts = await consumer.beginning_offsets(tps)
-        await consumer.commit({tp: OffsetAndMetadata(starts[tp], "") for tp in tps})
+        rewind = {tp: OffsetAndMetadata(starts[tp], "") for tp in tps}
+        try:
+            await consumer.commit(rewind)
+            committed = True
+        except (CommitFailedError, UnknownMemberIdError, IllegalGenerationError):
+            committed = False
     finally:
         await consumer.stop()
+    if not committed:
+        logger.info("group %s still has members on the broker; joining it", group)
+        await _commit_as_member(settings, group, topic, rewind, join_timeout_s)
     marks = await high_watermarks(settings, tps)
     total = sum(marks[tp] - starts[tp] for tp in tps)
     logger.info("rewound group %s on %s: %d records to re-read", group, topic, total)
     return total
+
+
+async def _commit_as_member(
+    settings: Settings,
+    group: str,
+    topic: str,
+    offsets: dict[TopicPartition, OffsetAndMetadata],
+    timeout_s: float,
+) -> None:
+    consumer = make_consumer(settings, topic, group_id=group)
+    await consumer.start()
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while consumer.assignment() != set(offsets):
+            if loop.time() > deadline:
+                raise TimeoutError(
+                    f"group {group} did not hand every partition of {topic} to the "
+                    f"rewind within {timeout_s:.0f} s; are its consumers stopped?"
+                )
+            # Joining happens inside the poll; records read here are discarded.
+            await consumer.getmany(timeout_ms=200, max_records=1)
+        await consumer.commit(offsets)
+    finally:
+        await consumer.stop()
 
 
 async def follow(

@@ -108,3 +108,31 @@ async def test_follow_reports_remaining_lag_until_caught_up(make_settings):
 
     assert remaining == 8
     assert caught_up == 0
+
+
+async def test_replay_rewinds_a_group_whose_members_have_just_stopped(make_settings):
+    """A stopped member may linger on the broker (the embedded one ignores
+    LeaveGroup); the rewind must still land."""
+    settings = make_settings()
+    topic = spec("raw", "position").name(settings)
+    await ensure_topics(settings, (spec("raw", "position"),))
+    await _produce_batch(settings, topic, 6)
+    group = f"{settings.topic_prefix}.sink.position"
+    member = make_consumer(settings, topic, group_id=group)
+    await member.start()
+    try:
+        seen = 0
+        while seen < 6:
+            batches = await member.getmany(timeout_ms=500)
+            seen += sum(len(records) for records in batches.values())
+        await member.commit()
+    finally:
+        await member.stop()
+
+    rewound = await replay(settings, group=group, topic=topic)
+    (row,) = [
+        r for r in await consumer_lag(settings, group, [topic]) if r.partition == 0
+    ]
+
+    assert rewound == 6
+    assert row.committed == 0 and row.lag == 6
