@@ -147,6 +147,18 @@ class Settings(BaseSettings):
     # Receiver base URL the fake platform pushes to (empty: it pushes nothing).
     fake_push_url: str = ""
     fake_push_interval_seconds: float = 5.0
+    # What the fake pushes (fakeplatform.pusher.PUSH_PATHS); the defaults send
+    # every path at a low rate, so a development pipeline sees every kind.
+    fake_push_paths: str = (
+        "pushgps,pushevent,pushhb,pushalarm,pushlbs,pushobd,pushfaultinfo,"
+        "pushtem,pushoil,pushtripreport"
+    )
+    # iothub, flat or message (jimi.push.device.alarm), or rotate through them.
+    fake_push_alarm_shape: str = "rotate"
+    fake_push_overspeed_kmh: float = 80.0
+    fake_push_heartbeat_interval_seconds: float = 60.0
+    # Seconds between two /pushlbs, /pushobd, ... records of one device.
+    fake_push_extras_interval_seconds: float = 120.0
 
     @field_validator("platform_timezone", "fleet_timezone")
     @classmethod
