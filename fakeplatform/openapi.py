@@ -99,6 +99,11 @@ class FakeConfig:
     mileage_unit: str = "km"
     # Serve page 1 whatever page_no says, as for a client sending a wrong name.
     ignore_page_no: bool = False
+    # report.parking: the number start_row gives the first row (0: start_row is
+    # an offset; 1: rows count from 1, and 0 is read as 1), and the
+    # [start_row, page_size] pairs it answers with 1001, as integrators report.
+    parking_row_base: int = 0
+    parking_refused_pagings: list[list[int]] = field(default_factory=list)
     include_expired_device: bool = True
     overspeed_kmh: float = 80.0
     # A standstill this long is a parking and ends a trip.
@@ -765,6 +770,38 @@ class FakeOpenApi:
             "result": rows[first : first + page_size],
         }
 
+    def parkings(
+        self, imei: str, begin: datetime, end: datetime, acc_type: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Return the parking (acc off) and idling (on) rows of one device."""
+        trace = self._traces.get(imei)
+        if trace is None:
+            return []
+        rows = []
+        _, stops = _split(self._fixes(imei, begin, end), self._min_stop)
+        for stop, go in stops:
+            # A standstill with the ignition on is idling, else parking.
+            acc = "on" if stop[1].acc_on else "off"
+            if acc_type not in (None, "", acc):
+                continue
+            seconds = int((go[0] - stop[0]).total_seconds())
+            rows.append(
+                {
+                    "imei": imei,
+                    "startTime": _iso_z(stop[0]),
+                    "endTime": _iso_z(go[0]),
+                    "durSecond": str(seconds),
+                    "lng": round(stop[1].lng, 6),
+                    "lat": round(stop[1].lat, 6),
+                    "addr": "",
+                    "deviceName": trace.plate.strip() or imei,
+                    "mcType": "JC400P" if trace.name.startswith("truck") else "VL802",
+                    "acc": acc,
+                    "stopSecond": str(seconds),
+                }
+            )
+        return rows
+
     def _report_parking(self, params: dict[str, str]) -> dict[str, Any]:
         imeis = self._imei_list(params.get("imeis"))
         begin, end = self._window(params, "start_time", "end_time", MAX_ALARM_WINDOW)
@@ -775,36 +812,14 @@ class FakeOpenApi:
             raise FakeApiError(
                 PARAM_ERROR, "start_row and page_size are numbers"
             ) from None
-        rows = []
-        for imei in imeis:
-            trace = self._traces.get(imei)
-            if trace is None:
-                continue
-            _, stops = _split(self._fixes(imei, begin, end), self._min_stop)
-            for stop, go in stops:
-                # A standstill with the ignition on is idling, else parking.
-                acc = "on" if stop[1].acc_on else "off"
-                if params.get("acc_type") not in (None, "", acc):
-                    continue
-                seconds = int((go[0] - stop[0]).total_seconds())
-                rows.append(
-                    {
-                        "imei": imei,
-                        "startTime": _iso_z(stop[0]),
-                        "endTime": _iso_z(go[0]),
-                        "durSecond": str(seconds),
-                        "lng": round(stop[1].lng, 6),
-                        "lat": round(stop[1].lat, 6),
-                        "addr": "",
-                        "deviceName": trace.plate.strip() or imei,
-                        "mcType": "JC400P"
-                        if trace.name.startswith("truck")
-                        else "VL802",
-                        "acc": acc,
-                        "stopSecond": str(seconds),
-                    }
-                )
-        page = rows[start_row : start_row + page_size]
+        if [start_row, page_size] in self.config.parking_refused_pagings:
+            raise FakeApiError(PARAM_ERROR, "start_row or page_size is invalid")
+        acc_type = params.get("acc_type")
+        rows = [
+            row for imei in imeis for row in self.parkings(imei, begin, end, acc_type)
+        ]
+        first = max(start_row - self.config.parking_row_base, 0)
+        page = rows[first : first + page_size]
         total = sum(int(r["durSecond"]) for r in rows)
         return {
             "code": 0,

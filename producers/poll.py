@@ -28,6 +28,7 @@ from fleetstream.kafka import make_producer
 from fleetstream.runtime import run_until_stopped, sleep_or_stop
 from fleetstream.settings import Settings
 from producers.client import (
+    PARAM_ERROR,
     ApiError,
     Envelope,
     IpLimitError,
@@ -53,7 +54,13 @@ MAX_LOCATION_IMEIS = 100
 MAX_ALARM_IMEIS = 100
 MILEAGE_BATCH = 50
 ALARM_PAGE_SIZE = 100
-PARKING_PAGE_SIZE = 100
+# (first start_row, page_size) pairs for report.parking, tried in this order
+# after a 1001: the platform refuses some pairs, and integrators report 1/100,
+# 1/50 and 0/100 working on different accounts. 0 comes first because it cannot
+# skip a row whether start_row is an offset or counts rows from 1 (then the
+# next page re-reads one row, a repeat downstream absorbs); 1 skips the first
+# row if start_row is an offset.
+PARKING_PAGINGS = ((0, 100), (1, 100), (1, 50))
 MAX_ALARM_ROWS = 1000
 MAX_TRACK_WINDOW = timedelta(days=7)
 MAX_ALARM_WINDOW = timedelta(days=30)
@@ -141,6 +148,8 @@ class Poller:
         self.track_window = min(
             timedelta(seconds=settings.poll_tracks_window_seconds), MAX_TRACK_WINDOW
         )
+        # The parking paging the platform last accepted, kept across windows.
+        self.parking_paging = 0
 
     async def _publish(self, envelope: Envelope, imei: str | None = None) -> int:
         return await self.publisher.publish(
@@ -236,31 +245,60 @@ class Poller:
     async def parking_window(self, imeis, begin, end) -> int:
         """Publish parking (ignition off) and idling (on) rows of one window.
 
-        Integrators report that the platform answers some start_row/page_size
-        pairs with 1001; this worker asks for 0/100, 100/100, ... only, and a
-        refused window is retried in the next cycle.
+        A paging the platform refuses with 1001 is replaced by the next of
+        ``PARKING_PAGINGS`` (the accepted one is kept for later windows) and the
+        rows of that kind are read again from the first page. When every
+        paging is refused the error is raised and the window is retried next
+        cycle.
         """
         published = 0
         for acc_type in ("off", "on"):
-            start_row = 0
-            while True:
-                envelope = await self.client.call(
-                    PARKING,
-                    account=self.target,
-                    imeis=imeis,
-                    start_time=begin,
-                    end_time=end,
-                    start_row=start_row,
-                    page_size=PARKING_PAGE_SIZE,
-                    acc_type=acc_type,
-                )
-                rows = envelope.records()
-                published += await self._publish(envelope)
-                start_row += len(rows)
-                total = _count((envelope.data or {}).get("dataTotalRows"))
-                if len(rows) < PARKING_PAGE_SIZE or 0 < total <= start_row:
-                    break
+            for attempt in range(len(PARKING_PAGINGS)):
+                index = (self.parking_paging + attempt) % len(PARKING_PAGINGS)
+                first, size = PARKING_PAGINGS[index]
+                try:
+                    published += await self._parking_pages(
+                        imeis, begin, end, acc_type, first, size
+                    )
+                except ApiError as exc:
+                    if exc.code != PARAM_ERROR or attempt + 1 == len(PARKING_PAGINGS):
+                        raise
+                    logger.warning(
+                        "report.parking refused start_row %d, page_size %d (1001);"
+                        " trying the next paging",
+                        first,
+                        size,
+                    )
+                    continue
+                self.parking_paging = index
+                break
         return published
+
+    async def _parking_pages(self, imeis, begin, end, acc_type, first, size) -> int:
+        """Publish every page of one kind, starting at ``first``, ``size`` rows each."""
+        published = 0
+        previous: dict | None = None
+        while True:
+            envelope = await self.client.call(
+                PARKING,
+                account=self.target,
+                imeis=imeis,
+                start_time=begin,
+                end_time=end,
+                start_row=first + published,
+                page_size=size,
+                acc_type=acc_type,
+            )
+            rows = envelope.records()
+            # A platform that ignores start_row serves the first page again.
+            if rows and rows[0] == previous:
+                logger.warning("report.parking repeated a page; paging stopped")
+                return published
+            published += await self._publish(envelope)
+            total = _count((envelope.data or {}).get("dataTotalRows"))
+            if len(rows) < size or 0 < total <= published:
+                return published
+            previous = rows[0]
 
     async def _mileage_window(self, imeis, begin, end) -> int:
         envelope = await self.client.call(

@@ -25,10 +25,11 @@ from fakeplatform.traces import (
 from fleetstream.codec import codec
 from fleetstream.db import create_pool
 from fleetstream.kafka import ensure_topics, make_consumer, make_producer
-from producers.client import IpLimitError, TracksolidClient, parse_time
+from producers.client import ApiError, IpLimitError, TracksolidClient, parse_time
 from producers.poll import (
     ALARM_LIST,
     PARKING,
+    PARKING_PAGINGS,
     TRACK_LIST,
     TRACK_MILEAGE,
     Poller,
@@ -539,6 +540,9 @@ async def test_alarm_window_over_the_row_cap_is_split(make_settings, database_ur
     replay = Replay(traces, now - timedelta(days=3), loop=True)
     config = FakeConfig(include_expired_device=False, overspeed_kmh=30.0)
     async with FakePlatform(config, replay) as fake:
+        # A moving platform clock delivers late fixes between computing the
+        # expected rows and polling them; standing still, both see the same.
+        fake.api.wall = lambda: now
         settings = poll_settings(make_settings, database_url, fake)
         begin, end = now - timedelta(days=2), now - timedelta(seconds=1)
         expected = sorted(
@@ -612,3 +616,70 @@ async def test_overlap_catches_points_delivered_late(
     else:
         # Without overlap, fixes that arrive after their minute was read are lost.
         assert published < expected and len(expected - published) >= 5
+
+
+async def test_parking_paging_falls_back_when_the_platform_refuses_it(
+    make_settings, database_url
+):
+    traces = load_traces(["truck-A", "truck-B"])
+    imeis = [t.imei for t in traces]
+    now = datetime.now(UTC).replace(microsecond=0)
+    replay = Replay(traces, now - timedelta(days=3), loop=True)
+    # Rows count from 1 here, and the first two pagings are refused.
+    config = FakeConfig(
+        include_expired_device=False,
+        parking_row_base=1,
+        parking_refused_pagings=[[0, 100], [1, 100]],
+    )
+    async with FakePlatform(config, replay) as fake:
+        # The platform's clock stands still, so expected rows and polled rows
+        # come from the same deliveries.
+        fake.api.wall = lambda: now
+        settings = poll_settings(make_settings, database_url, fake)
+        begin, end = now - timedelta(days=2), now - timedelta(seconds=1)
+        expected = Counter(
+            json.dumps(row, sort_keys=True)
+            for imei in imeis
+            for row in fake.api.parkings(imei, begin, end)
+        )
+        harness = await Harness().start(settings)
+        try:
+            published = await harness.poller.parking_window(imeis, begin, end)
+            chosen = PARKING_PAGINGS[harness.poller.parking_paging]
+            fake.api.configure(
+                {"parking_refused_pagings": [list(p) for p in PARKING_PAGINGS]}
+            )
+            with pytest.raises(ApiError) as refused:
+                await harness.poller.parking_window(imeis, begin, end)
+            paging_after = harness.poller.parking_paging
+        finally:
+            await harness.stop()
+
+    assert sum(expected.values()) > 50, "the rows must need more than one page"
+    events = await read_raw(settings, "parking")
+    got = Counter(json.dumps(json.loads(e["payload"]), sort_keys=True) for e in events)
+    assert published == sum(expected.values())
+    assert got == expected
+    assert chosen == (1, 50)
+    calls = [
+        (c.params["acc_type"], c.params["start_row"], c.params["page_size"], c.code)
+        for c in fake.api.calls
+        if c.method == PARKING
+    ]
+    first_run = calls[: len(calls) - 3]
+    # Each refused paging is asked once; the accepted one is kept for "on".
+    assert [c for c in first_run if c[3] == 1001] == [
+        ("off", "0", "100", 1001),
+        ("off", "1", "100", 1001),
+    ]
+    on_rows = sum('"acc": "on"' in row for row in expected.elements())
+    on_starts = [int(c[1]) for c in first_run if c[0] == "on"]
+    assert on_starts == list(range(1, on_rows + 1, 50))
+    assert refused.value.code == 1001
+    # Every paging was tried once more, the accepted one first, and stays chosen.
+    assert [c[1:] for c in calls[-3:]] == [
+        ("1", "50", 1001),
+        ("0", "100", 1001),
+        ("1", "100", 1001),
+    ]
+    assert PARKING_PAGINGS[paging_after] == (1, 50)
