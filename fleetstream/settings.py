@@ -155,7 +155,7 @@ class Settings(BaseSettings):
     )
     # iothub, flat or message (jimi.push.device.alarm), or rotate through them.
     fake_push_alarm_shape: str = "rotate"
-    fake_push_overspeed_kmh: float = 80.0
+    fake_push_overspeed_kmh: float = 60.0
     fake_push_heartbeat_interval_seconds: float = 60.0
     # Seconds between two /pushlbs, /pushobd, ... records of one device.
     fake_push_extras_interval_seconds: float = 120.0
