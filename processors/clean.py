@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from fleetstream.errors import RejectedRecord
@@ -46,8 +47,7 @@ class CleanContext:
         )
 
 
-@dataclass(frozen=True)
-class Raw:
+class Raw(NamedTuple):
     """The envelope of one raw record with its payload decoded from JSON."""
 
     source: str
