@@ -101,8 +101,8 @@ class Settings(BaseSettings):
     process_concurrency: int = 2
     process_batch_max_records: int = 5000
     process_batch_max_wait_ms: int = 20
-    process_dedupe_devices: int = 100_000
-    process_dedupe_fixes_per_device: int = 64
+    process_dedupe_devices: int = 20_000
+    process_dedupe_fixes_per_device: int = 16
 
     # Derived facts: distance, trips, daily mileage (processors.derived)
     distance_pos_types: str = "GPS"
