@@ -3,7 +3,10 @@
 The same fix reaches us by poll, push and backfill. Dropping repeats here keeps
 the clean topics small; the sink's ``ON CONFLICT (imei, gps_time)`` stays the
 final guard, because this memory is per process, bounded, and empty after a
-restart or a rebalance.
+restart or a rebalance. It catches the repeats that arrive close together (a
+push and the next location poll); track-history re-reads hours later are left
+to the sink. Each remembered fix costs about 90 bytes, so 20,000 devices with
+16 fixes each take about 30 MB.
 """
 
 from __future__ import annotations
