@@ -4,8 +4,19 @@ Every round, the fixes a :class:`~fakeplatform.traces.Replay` delivered since th
 previous round are POSTed form-encoded (``token`` + ``data_list``, a JSON array
 string of at most 50 records) to ``<base>/pushgps``; devices also send
 ``/pushhb`` heartbeats, and optionally ``/pushevent`` (online/offline at the
-ends of a pass) and overspeed alarms. Records mix numbers and numeric strings
-and leave unknown values empty, as the real platform does.
+ends of a pass), overspeed alarms (``/pushalarm`` in the IoT-Hub or flat shape,
+or the ``jimi.push.device.alarm`` message to the base path), ``/pushtripreport``
+at the end of each pass, and every ``extras_interval_s`` one ``/pushlbs``,
+``/pushobd``, ``/pushfaultinfo``, ``/pushtem`` and ``/pushoil`` record per
+device seen. Records mix numbers and numeric strings and leave unknown values
+empty, as the real platform does.
+
+Jimi publishes no field list for ``/pushobd``, ``/pushfaultinfo``, ``/pushtem``,
+``/pushoil`` and ``/pushtripreport``. Their records here are plausible guesses,
+not the platform's shapes: keyed by ``deviceImei``, stamped with ``gateTime``,
+with value names borrowed from the documented Open API methods (obd.list,
+obd.fault, track.mileage) where one exists. They exercise the path through the
+pipeline, not the cleaning of real records.
 
 Like the platform, the pusher does not retry by default: a batch the receiver
 refuses or never answers is lost and counted. Retries and duplicate resends are
@@ -26,7 +37,15 @@ from typing import Any, Literal
 
 import httpx
 
-from fakeplatform.traces import Delivery, Replay, Trace, format_platform_time
+from fakeplatform.traces import (
+    Delivery,
+    Replay,
+    Trace,
+    format_platform_time,
+    haversine_m,
+    is_valid_fix,
+)
+from fleetstream.errors import ConfigError
 from fleetstream.runtime import sleep_or_stop
 from fleetstream.settings import Settings
 
@@ -37,6 +56,24 @@ MAX_BATCH = 50
 # from the device's buffer and is flagged as a re-upload.
 REUPLOAD_AFTER_S = 30.0
 OVERSPEED_ALARM = "6"
+ALARM_SHAPES = ("iothub", "flat", "message")
+# Paths with one record per device every extras_interval_s.
+EXTRA_PATHS = ("pushlbs", "pushobd", "pushfaultinfo", "pushtem", "pushoil")
+# Every data push path the fake can send, in the order a round posts them.
+PUSH_PATHS = (
+    "pushgps",
+    "pushevent",
+    "pushhb",
+    "pushalarm",
+    *EXTRA_PATHS,
+    "pushtripreport",
+)
+FAULT_CODES = (
+    ("P0300", "Random/multiple cylinder misfire detected"),
+    ("P0420", "Catalyst system efficiency below threshold"),
+    ("P0171", "System too lean, bank 1"),
+    ("P0562", "System voltage low"),
+)
 
 
 @dataclass(frozen=True)
@@ -55,8 +92,22 @@ class PushOptions:
     events: bool = False
     # Overspeed alarms above this speed (None: no alarms).
     overspeed_kmh: float | None = None
-    alarm_shape: Literal["iothub", "flat", "message"] = "iothub"
+    # "rotate" takes the three shapes in turn, alarm after alarm.
+    alarm_shape: Literal["iothub", "flat", "message", "rotate"] = "iothub"
     timeout_s: float = 30.0
+    gps: bool = True
+    # Paths of EXTRA_PATHS to send, and the wall seconds between two records
+    # of one device on each.
+    extras: tuple[str, ...] = ()
+    extras_interval_s: float = 60.0
+    trip_reports: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = set(self.extras) - set(EXTRA_PATHS)
+        if unknown:
+            raise ValueError(
+                f"unknown extra push paths {sorted(unknown)}; known: {EXTRA_PATHS}"
+            )
 
 
 def _mixed(record: dict[str, Any], key: str, fields: Iterable[str]) -> None:
@@ -161,6 +212,126 @@ def alarm_record(delivery: Delivery, shape: str) -> dict[str, Any]:
     }
 
 
+def _stable(key: str, modulo: int) -> int:
+    return zlib.crc32(key.encode()) % modulo
+
+
+def lbs_record(delivery: Delivery, at: datetime) -> dict[str, Any]:
+    """Return a /pushlbs record: cells of a plausible network near the last fix."""
+    point, imei = delivery.point, delivery.trace.imei
+    lac = 10_000 + int((point.lat + 90) * 20) % 5_000
+    cell = int((point.lng + 180) * 200) % 60_000
+    key = f"{imei}:{format_platform_time(at)}"
+    cells = ";".join(
+        f"{lac},{cell + n},{-60 - _stable(f'{key}:{n}', 35)}" for n in range(3)
+    )
+    return {
+        "deviceImei": imei,
+        "gateTime": format_platform_time(at),
+        "postType": "LBS",
+        "lbsJson": json.dumps({"mcc": 639, "mnc": 2, "cellList": cells}),
+    }
+
+
+def obd_record(delivery: Delivery, at: datetime) -> dict[str, Any]:
+    """Return a guessed /pushobd record with obd.list's value names."""
+    point, imei = delivery.point, delivery.trace.imei
+    speed = round(point.speed_kmh or 0)
+    running = point.acc_on is not False and speed > 0
+    record: dict[str, Any] = {
+        "deviceImei": imei,
+        "gateTime": format_platform_time(at),
+        "dataReportTime": format_platform_time(delivery.gps_time),
+        "currentRPM": 800 + speed * 25 if running else 0,
+        "currentSpeed": speed,
+        "coolantTemperature": 88 if running else 35,
+        "remainingFuelPercentage": str(40 + _stable(imei, 50)),
+        "vehicleBatterVoltage": "13.9" if running else "12.5",
+        "vin": "",
+    }
+    _mixed(record, f"{imei}:{record['gateTime']}", ("currentRPM", "currentSpeed"))
+    return record
+
+
+def fault_record(delivery: Delivery, at: datetime) -> dict[str, Any]:
+    """Return a guessed /pushfaultinfo record with obd.fault's value names."""
+    imei = delivery.trace.imei
+    code, detail = FAULT_CODES[_stable(f"{imei}:{at.hour}", len(FAULT_CODES))]
+    return {
+        "deviceImei": imei,
+        "gateTime": format_platform_time(at),
+        "faultCode": code,
+        "faultDetail": detail,
+    }
+
+
+def temperature_record(delivery: Delivery, at: datetime) -> dict[str, Any]:
+    """Return a guessed /pushtem record: one probe in a cooled load space."""
+    imei = delivery.trace.imei
+    stamp = format_platform_time(at)
+    return {
+        "deviceImei": imei,
+        "gateTime": stamp,
+        "sensor": 1,
+        "temperature": str(round(3.5 + _stable(stamp + imei, 30) / 10, 1)),
+        "humidity": 55 + _stable(imei + stamp, 20),
+    }
+
+
+def fuel_record(delivery: Delivery, at: datetime) -> dict[str, Any]:
+    """Return a guessed /pushoil record; ``unit`` arrives as a number."""
+    imei = delivery.trace.imei
+    return {
+        "deviceImei": imei,
+        "gateTime": format_platform_time(at),
+        "oilValue": str(round(120 - _stable(imei, 60) + at.minute / 10, 1)),
+        "unit": 1,
+    }
+
+
+EXTRA_RECORDS = {
+    "pushlbs": lbs_record,
+    "pushobd": obd_record,
+    "pushfaultinfo": fault_record,
+    "pushtem": temperature_record,
+    "pushoil": fuel_record,
+}
+
+
+def trip_report_record(replay: Replay, delivery: Delivery) -> dict[str, Any]:
+    """Return a guessed /pushtripreport record of the pass ``delivery`` ends.
+
+    Value names follow track.mileage; ``distance`` is in kilometres, like the
+    trips real accounts report there.
+    """
+    trace, n = delivery.trace, delivery.pass_index
+    fixes = sorted(
+        (p for p in trace.points if is_valid_fix(p)), key=lambda p: p.offset_s
+    )
+    first, last = fixes[0], fixes[-1]
+    metres = sum(
+        haversine_m(a.lat, a.lng, b.lat, b.lng)
+        for a, b in zip(fixes, fixes[1:], strict=False)
+    )
+    start = replay.instant(trace, n, first.offset_s)
+    end = replay.instant(trace, n, last.offset_s)
+    seconds = int((end - start).total_seconds())
+    return {
+        "deviceImei": trace.imei,
+        "gateTime": format_platform_time(delivery.delivered_at),
+        "startTime": format_platform_time(start),
+        "endTime": format_platform_time(end),
+        "startLat": round(first.lat, 6),
+        "startLng": round(first.lng, 6),
+        "endLat": round(last.lat, 6),
+        "endLng": round(last.lng, 6),
+        "distance": round(metres / 1000, 3),
+        "runTimeSecond": seconds,
+        "maxSpeed": round(max(p.speed_kmh or 0 for p in fixes)),
+        "avgSpeed": round(metres / 1000 / seconds * 3600, 1) if seconds else 0,
+    }
+
+
 def _acknowledged(response: httpx.Response) -> bool:
     """Return whether a 200 reply carries the platform's success code 0."""
     try:
@@ -190,6 +361,8 @@ class Pusher:
         self._last_heartbeat: dict[str, datetime] = {}
         self._latest: dict[str, Delivery] = {}
         self._speeding: set[str] = set()
+        self._last_extras: dict[str, datetime] = {}
+        self._alarms_made = 0
         # (path, outcome) -> records; outcomes: accepted, refused, failed.
         self.records: Counter[tuple[str, str]] = Counter()
         self.requests: Counter[tuple[str, str]] = Counter()
@@ -207,33 +380,55 @@ class Pusher:
             await self._push_window(since, until)
 
     async def _push_window(self, since: datetime, until: datetime) -> None:
-        deliveries = self.replay.deliveries(since, until)
-        by_path: dict[str, list[dict[str, Any]]] = {"pushgps": []}
-        events, alarms = [], []
-        for delivery in deliveries:
-            by_path["pushgps"].append(gps_record(delivery))
+        options = self.options
+        by_path: dict[str, list[Any]] = {path: [] for path in PUSH_PATHS}
+        messages = []
+        for delivery in self.replay.deliveries(since, until):
+            if options.gps:
+                by_path["pushgps"].append(gps_record(delivery))
             self._latest[delivery.trace.imei] = delivery
-            if self.options.events and delivery.first_of_pass:
-                events.append(event_record(delivery, "LOGIN"))
-            if self.options.events and delivery.last_of_pass:
-                events.append(event_record(delivery, "LOGOUT"))
+            if options.events and delivery.first_of_pass:
+                by_path["pushevent"].append(event_record(delivery, "LOGIN"))
+            if options.events and delivery.last_of_pass:
+                by_path["pushevent"].append(event_record(delivery, "LOGOUT"))
+            if options.trip_reports and delivery.last_of_pass:
+                by_path["pushtripreport"].append(
+                    trip_report_record(self.replay, delivery)
+                )
             alarm = self._overspeed(delivery)
             if alarm is not None:
-                alarms.append(alarm)
-        by_path["pushevent"] = events
+                shape, record = alarm
+                if shape == "message":
+                    messages.append(record)
+                else:
+                    by_path["pushalarm"].append(record)
         by_path["pushhb"] = self._heartbeats(until)
-        if self.options.alarm_shape == "message":
-            for alarm in alarms:
-                await self._post_message("jimi.push.device.alarm", alarm)
-        else:
-            by_path["pushalarm"] = alarms
+        for path, records in self._extras(until).items():
+            by_path[path] = records
+        for record in messages:
+            await self._post_message("jimi.push.device.alarm", record)
         for path, records in by_path.items():
-            for start in range(0, len(records), self.options.batch_size):
+            for start in range(0, len(records), options.batch_size):
                 await self._post_batch(
-                    path, records[start : start + self.options.batch_size]
+                    path, records[start : start + options.batch_size]
                 )
 
-    def _overspeed(self, delivery: Delivery) -> dict[str, Any] | None:
+    def _extras(self, now: datetime) -> dict[str, list[dict[str, Any]]]:
+        """Return the extra records due at ``now`` of every device seen so far."""
+        interval = timedelta(seconds=self.options.extras_interval_s)
+        due: dict[str, list[dict[str, Any]]] = {p: [] for p in self.options.extras}
+        if not due:
+            return due
+        for imei, latest in self._latest.items():
+            last = self._last_extras.get(imei)
+            if last is not None and now - last < interval:
+                continue
+            self._last_extras[imei] = now
+            for path in due:
+                due[path].append(EXTRA_RECORDS[path](latest, now))
+        return due
+
+    def _overspeed(self, delivery: Delivery) -> tuple[str, dict[str, Any]] | None:
         limit = self.options.overspeed_kmh
         if limit is None:
             return None
@@ -245,7 +440,11 @@ class Pusher:
             return None
         # One alarm when a device crosses the limit, not one per fix above it.
         self._speeding.add(imei)
-        return alarm_record(delivery, self.options.alarm_shape)
+        shape = self.options.alarm_shape
+        if shape == "rotate":
+            shape = ALARM_SHAPES[self._alarms_made % len(ALARM_SHAPES)]
+        self._alarms_made += 1
+        return shape, alarm_record(delivery, shape)
 
     def _heartbeats(self, now: datetime) -> list[dict[str, Any]]:
         interval = self.options.heartbeat_interval_s
@@ -329,6 +528,39 @@ class Pusher:
             logger.info("pusher stopped after %d rounds: %s", rounds, self.summary())
 
 
+def options_from(settings: Settings) -> PushOptions:
+    """Return the push options ``settings`` select (``fake_push_*``)."""
+    paths = [p.strip().strip("/") for p in settings.fake_push_paths.split(",")]
+    paths = [p for p in paths if p]
+    unknown = set(paths) - set(PUSH_PATHS)
+    if unknown:
+        raise ConfigError(
+            f"FLEETSTREAM_FAKE_PUSH_PATHS names unknown paths {sorted(unknown)}",
+            hint=f"choose among {', '.join(PUSH_PATHS)}",
+        )
+    shape = settings.fake_push_alarm_shape
+    if shape not in (*ALARM_SHAPES, "rotate"):
+        raise ConfigError(
+            f"FLEETSTREAM_FAKE_PUSH_ALARM_SHAPE is {shape!r}",
+            hint="use iothub, flat, message or rotate",
+        )
+    return PushOptions(
+        interval_s=settings.fake_push_interval_seconds,
+        gps="pushgps" in paths,
+        heartbeat_interval_s=(
+            settings.fake_push_heartbeat_interval_seconds if "pushhb" in paths else 0
+        ),
+        events="pushevent" in paths,
+        overspeed_kmh=(
+            settings.fake_push_overspeed_kmh if "pushalarm" in paths else None
+        ),
+        alarm_shape=shape,
+        extras=tuple(p for p in EXTRA_PATHS if p in paths),
+        extras_interval_s=settings.fake_push_extras_interval_seconds,
+        trip_reports="pushtripreport" in paths,
+    )
+
+
 def pusher_from_settings(replay: Replay, settings: Settings) -> Pusher | None:
     """Return the pusher ``settings`` ask for, or None when no push URL is set.
 
@@ -337,6 +569,5 @@ def pusher_from_settings(replay: Replay, settings: Settings) -> Pusher | None:
     """
     if not settings.fake_push_url:
         return None
-    options = PushOptions(interval_s=settings.fake_push_interval_seconds)
     token = settings.webhook_push_token.get_secret_value()
-    return Pusher(replay, settings.fake_push_url, token, options)
+    return Pusher(replay, settings.fake_push_url, token, options_from(settings))

@@ -124,7 +124,7 @@ def _seconds_between(start: datetime, end: datetime) -> float:
     return ((end - start) // timedelta(microseconds=1)) / 1_000_000
 
 
-def _haversine_m(lat1: float, lng1: float, lat2: float, lng2: float) -> float:
+def haversine_m(lat1: float, lng1: float, lat2: float, lng2: float) -> float:
     phi1, phi2 = math.radians(lat1), math.radians(lat2)
     dphi = phi2 - phi1
     dlmb = math.radians(lng2 - lng1)
@@ -158,7 +158,7 @@ def _derived_points(
         speed = 0.0
         if b < len(rows):
             (t1, lat1, lng1, _), (t2, lat2, lng2, _) = rows[a], rows[b]
-            metres = _haversine_m(lat1, lng1, lat2, lng2)
+            metres = haversine_m(lat1, lng1, lat2, lng2)
             if t2 > t1:
                 speed = round(metres / (t2 - t1) * 3.6, 1)
             if metres > 0:

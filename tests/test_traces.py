@@ -14,9 +14,11 @@ import pytest
 from test_webhook import decoded, read_topic, serving
 
 from fakeplatform.pusher import (
+    EXTRA_PATHS,
     REUPLOAD_AFTER_S,
     Pusher,
     PushOptions,
+    options_from,
     pusher_from_settings,
 )
 from fakeplatform.traces import (
@@ -28,9 +30,12 @@ from fakeplatform.traces import (
     is_valid_imei,
     load_traces,
 )
+from fleetstream.codec import codec
 from fleetstream.embedded import EmbeddedBroker, free_port
+from fleetstream.errors import ConfigError
 from fleetstream.kafka import ensure_topics
 from fleetstream.topics import RAW_TOPICS
+from processors.routing import Router
 from producers.webhook import create_app
 
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
@@ -476,3 +481,90 @@ async def test_pusher_with_retries_outlasts_a_receiver_outage(make_settings, sta
     # A batch refused with 503 may still have reached Kafka before the timeout,
     # so a retried record can be stored twice, but none is missing.
     assert len(gps_times) == 104
+
+
+RAW_KIND_OF_PATH = {
+    "pushgps": "position",
+    "pushevent": "event",
+    "pushhb": "heartbeat",
+    "pushalarm": "alarm",
+    "message": "alarm",
+    "pushlbs": "lbs",
+    "pushobd": "obd",
+    "pushfaultinfo": "fault",
+    "pushtem": "temperature",
+    "pushoil": "fuel",
+    "pushtripreport": "trip",
+}
+
+
+async def test_default_settings_push_every_path_and_each_cleans(
+    receiver, make_settings, traces
+):
+    settings, url = receiver
+    trace = traces["truck-B"]
+    replay = history_replay([trace], NOW)
+    pusher = pusher_from_settings(
+        replay,
+        make_settings(
+            fake_push_url=url, webhook_push_token=TOKEN, fake_push_overspeed_kmh=40
+        ),
+    )
+
+    await pusher.push_window(NOW - timedelta(days=1), NOW)
+    # Within the extras interval nothing more is due; after it, one of each.
+    await pusher.push_window(NOW, NOW + timedelta(seconds=30))
+    await pusher.push_window(NOW + timedelta(seconds=30), NOW + timedelta(seconds=121))
+
+    sent = Counter()
+    for (path, outcome), n in pusher.records.items():
+        assert outcome == "accepted", (path, outcome)
+        sent[RAW_KIND_OF_PATH[path]] += n
+    assert set(pusher.options.extras) == set(EXTRA_PATHS)
+    assert {path for path, _ in pusher.records} == set(RAW_KIND_OF_PATH)
+    for path in EXTRA_PATHS:
+        assert pusher.records[(path, "accepted")] == 2, path
+    router = Router(settings)
+    for kind, count in sent.items():
+        topic = settings.topic("raw", kind)
+        messages = await read_topic(settings, topic, count)
+        assert len(messages) == count, kind
+        for message in messages:
+            assert message.key == trace.imei.encode()
+            payload = json.loads(codec("RawEvent").decode(message.value)["payload"])
+            if kind not in ("position", "alarm"):
+                assert payload["deviceImei"] == trace.imei and payload["gateTime"]
+            out = router.route(
+                topic, message.partition, message.offset, message.key, message.value
+            )
+            # Repeated fixes come back as None; nothing is dead-lettered.
+            assert out is None or out.topic == settings.topic("clean", kind), (
+                kind,
+                payload,
+                codec("DeadLetter").decode(out.value)["reason"] if out else None,
+            )
+    origins = {
+        codec("RawEvent").decode(m.value)["origin"]
+        for m in await read_topic(settings, settings.topic("raw", "alarm"), 3)
+    }
+    assert origins == {"pushalarm", "jimi.push.device.alarm"}
+    trips = await read_topic(settings, settings.topic("raw", "trip"), 1)
+    report = json.loads(codec("RawEvent").decode(trips[0].value)["payload"])
+    assert report["startTime"] < report["endTime"] and report["distance"] > 1
+
+
+def test_push_settings_refuse_unknown_paths_and_shapes(make_settings):
+    replay = history_replay(load_traces(["denver-2"]), NOW)
+    quiet = make_settings(
+        fake_push_url="http://127.0.0.1:9", fake_push_paths="pushgps, /pushhb"
+    )
+
+    options = pusher_from_settings(replay, quiet).options
+
+    assert (options.gps, options.events, options.overspeed_kmh) == (True, False, None)
+    assert options.heartbeat_interval_s == 60 and options.extras == ()
+    assert not options.trip_reports
+    with pytest.raises(ConfigError, match="pushgsp"):
+        options_from(make_settings(fake_push_paths="pushgsp"))
+    with pytest.raises(ConfigError, match="sideways"):
+        options_from(make_settings(fake_push_alarm_shape="sideways"))
