@@ -242,6 +242,8 @@ class FakeOpenApi:
         self.calls: list[Call] = []
         self._tokens: dict[str, datetime] = {}
         self._refresh: dict[str, str] = {}
+        # Every access and refresh token handed out, for tests hunting leaks.
+        self.issued: list[str] = []
         self._recent: deque[float] = deque()
         self._recent_token: deque[float] = deque()
         self._counts: dict[str, int] = {}
@@ -366,6 +368,7 @@ class FakeOpenApi:
         now = self.clock.now()
         self._tokens[access] = now + timedelta(seconds=lifetime)
         self._refresh[refresh] = access
+        self.issued += [access, refresh]
         result = {
             "appKey": self.config.app_key,
             "account": self.config.user_id,

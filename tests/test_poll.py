@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import sys
@@ -11,6 +12,7 @@ import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import pytest
 
 from fakeplatform.openapi import EXPIRED_IMEI, FakeConfig
@@ -683,3 +685,70 @@ async def test_parking_paging_falls_back_when_the_platform_refuses_it(
         ("1", "100", 1001),
     ]
     assert PARKING_PAGINGS[paging_after] == (1, 50)
+
+
+async def test_no_secret_reaches_the_ingestion_log_or_the_logs(
+    make_settings, database_url, caplog
+):
+    traces = load_traces(["truck-A", "truck-B"])
+    now = datetime.now(UTC).replace(microsecond=0)
+    replay = history_replay(traces, now)
+    config = FakeConfig(include_expired_device=False, token_expires_in_seconds=3600)
+    caplog.set_level(logging.DEBUG)
+    async with FakePlatform(config, replay) as fake:
+        settings = poll_settings(
+            make_settings, database_url, fake, backfill_call_interval_seconds=0
+        )
+        harness = await Harness().start(settings)
+        try:
+            await harness.poller.poll_devices()
+            await harness.poller.poll_locations()
+            await harness.poller.poll_history()
+            # The token expires: a 1004, then a refresh with the refresh token.
+            fake.api.configure({"advance_clock_seconds": 4000})
+            await harness.poller.poll_locations()
+            # Busy answers and a refused paging write their messages to the log.
+            fake.api.configure(
+                {"fail_next": 2, "fail_code": -1, "parking_refused_pagings": [[0, 100]]}
+            )
+            await harness.poller.poll_history()
+            await harness.poller.parking_window(
+                harness.poller.devices, now - timedelta(hours=2), now
+            )
+            # The refresh itself is refused: a new token from the password.
+            fake.api.configure({"advance_clock_seconds": 4000, "refresh_fails": True})
+            await harness.poller.poll_locations()
+        finally:
+            await harness.stop()
+        from producers.backfill import run_backfill
+
+        await run_backfill(
+            settings, now - timedelta(hours=2), now, [traces[0].imei], asyncio.Event()
+        )
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT row_to_json(l)::text AS line, result_code"
+            " FROM tracksolid.ingestion_log l"
+        )
+    finally:
+        await conn.close()
+    secrets = {
+        settings.tracksolid_app_secret.get_secret_value(),
+        settings.tracksolid_user_pwd_md5.get_secret_value(),
+        *fake.api.issued,
+    }
+    assert len(fake.api.issued) == 6, "get, refresh and get again"
+    codes = Counter(row["result_code"] for row in rows)
+    assert codes[1004] >= 2 and codes[-1] == 2 and codes[1001] >= 1
+    assert any("oauth.token.refresh" in row["line"] for row in rows)
+    logs = [
+        f"{r.name} {r.getMessage()} {r.exc_text or ''} {r.args!r}"
+        for r in caplog.records
+    ]
+    assert len(logs) > 100, "aiokafka, httpx and our own DEBUG lines"
+    for secret in secrets:
+        assert len(secret) >= 16
+        assert not [row["line"] for row in rows if secret in row["line"]]
+        assert not [line for line in logs if secret in line]
