@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import urllib.parse
 import uuid
 from datetime import datetime
@@ -17,8 +16,7 @@ from fleetstream.errors import RejectedRecord
 from processors import clean
 from processors.clean import CleanContext, Raw
 
-SHARED = Path(os.environ.get("FLEETSTREAM_SHARED_DIR", "/work/shared"))
-SAMPLES = SHARED / "samples" / "tracksolid"
+SAMPLES = Path(__file__).parent / "fixtures" / "tracksolid"
 RECEIVED = 1741590000000  # 2025-03-10T07:00:00Z
 CTX = CleanContext(ZoneInfo("UTC"), future_tolerance_ms=300_000)
 IMEI = "860001000000011"

@@ -25,7 +25,7 @@ def raw(origin: str, payload: dict, *, imei=None, source="poll", received=RECEIV
 
 
 def push_records(name: str) -> list[dict]:
-    body = (SHARED / "samples" / "tracksolid" / name).read_text().strip()
+    body = (FIXTURES / name).read_text().strip()
     return json.loads(dict(urllib.parse.parse_qsl(body))["data_list"])
 
 

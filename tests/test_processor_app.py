@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 import urllib.parse
 from pathlib import Path
@@ -13,7 +12,6 @@ from fleetstream.codec import codec
 from fleetstream.kafka import ensure_topics, make_consumer, make_producer
 from processors.app import run
 
-SHARED = Path(os.environ.get("FLEETSTREAM_SHARED_DIR", "/work/shared"))
 RECEIVED_AT = 1741590000000  # 2025-03-10T07:00:00Z, after every sample fix
 
 LOCATION = {
@@ -308,7 +306,7 @@ async def test_agents_see_new_records_quickly_on_the_embedded_broker(make_settin
 
 def sample_messages() -> dict[str, list[tuple[bytes, bytes]]]:
     """Return every platform sample as raw messages, by raw kind."""
-    samples = SHARED / "samples" / "tracksolid"
+    samples = Path(__file__).parent / "fixtures" / "tracksolid"
 
     def rows(name, *path):
         body = json.loads((samples / name).read_text())
