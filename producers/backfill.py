@@ -17,17 +17,19 @@ worker does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from fleetstream.db import create_pool
 from fleetstream.errors import ConfigError
 from fleetstream.kafka import make_producer
-from fleetstream.runtime import run_until_stopped
+from fleetstream.runtime import run_until_stopped, sleep_or_stop
 from fleetstream.settings import Settings
 from producers.client import ApiError, TracksolidClient
 from producers.poll import (
@@ -88,6 +90,32 @@ class Outcome:
     windows_done: int = 0
     windows_skipped: int = 0
     records: int = 0
+
+
+async def unless_stopped(
+    work: Coroutine[Any, Any, int], stop: asyncio.Event | None
+) -> int | None:
+    """Return what ``work`` returns, or None if ``stop`` is set first.
+
+    A window cut short is not recorded as done, so a rerun fetches it again;
+    records it already published are published twice, which downstream
+    de-duplication absorbs. Without this a SIGTERM would wait out the
+    client's back-off, up to minutes.
+    """
+    if stop is None:
+        return await work
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
 
 
 def job_id(begin: datetime, end: datetime, imeis: list[str] | None) -> str:
@@ -151,11 +179,8 @@ class Backfill:
                 if finished is not None and end <= finished:
                     outcome.windows_skipped += 1
                     continue
-                if stop is not None and stop.is_set():
-                    logger.info("backfill %s stopped; rerun to resume", job)
-                    return outcome
                 try:
-                    outcome.records += await fetch(begin, end)
+                    records = await unless_stopped(fetch(begin, end), stop)
                 except PLATFORM_REFUSALS:
                     logger.error("backfill %s paused by the platform's limits", job)
                     raise
@@ -167,10 +192,19 @@ class Backfill:
                         exc,
                     )
                     break
+                if records is None:
+                    logger.info("backfill %s stopped; rerun to resume", job)
+                    return outcome
+                outcome.records += records
                 await self.record(job, unit, end)
                 outcome.windows_done += 1
                 self._report(job, started)
-                await asyncio.sleep(self.settings.backfill_call_interval_seconds)
+                pause = self.settings.backfill_call_interval_seconds
+                if stop is None:
+                    await asyncio.sleep(pause)
+                elif await sleep_or_stop(stop, pause):
+                    logger.info("backfill %s stopped; rerun to resume", job)
+                    return outcome
         return outcome
 
     def _fetcher(self, unit: Unit) -> Callable[[datetime, datetime], Awaitable[int]]:

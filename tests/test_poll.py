@@ -752,3 +752,52 @@ async def test_no_secret_reaches_the_ingestion_log_or_the_logs(
         assert len(secret) >= 16
         assert not [row["line"] for row in rows if secret in row["line"]]
         assert not [line for line in logs if secret in line]
+
+
+async def test_backfill_stops_promptly_while_the_platform_is_busy(
+    make_settings, database_url
+):
+    from producers.backfill import run_backfill
+
+    traces = load_traces(["truck-B"])
+    now = datetime.now(UTC).replace(microsecond=0)
+    replay = history_replay(traces, now)
+    config = FakeConfig(
+        include_expired_device=False,
+        fail_code=-1,
+        fail_next=1000,
+        fail_methods=[TRACK_LIST],
+    )
+    async with FakePlatform(config, replay) as fake:
+        settings = poll_settings(
+            make_settings,
+            database_url,
+            fake,
+            tracksolid_backoff_base_seconds=60,
+            tracksolid_backoff_max_seconds=60,
+        )
+        await ensure_topics(settings)
+        stop = asyncio.Event()
+        running = asyncio.create_task(
+            run_backfill(
+                settings, now - timedelta(hours=3), now, [traces[0].imei], stop
+            )
+        )
+        while not any(c.method == TRACK_LIST for c in fake.api.calls):
+            await asyncio.sleep(0.05)
+        stop.set()
+        stopped = time.monotonic()
+        outcome = await asyncio.wait_for(running, 10)
+        took = time.monotonic() - stopped
+
+    # The client was waiting out a back-off of 30 s or more when stop came.
+    assert took < 3
+    assert outcome.windows_done == 0 and outcome.records == 0
+    pool = await create_pool(settings.database_url)
+    try:
+        progress = await pool.fetchval(
+            "SELECT count(*) FROM tracksolid.backfill_progress"
+        )
+    finally:
+        await pool.close()
+    assert progress == 0
