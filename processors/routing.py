@@ -69,6 +69,8 @@ class Router:
         self.recent = RecentFixes(
             settings.process_dedupe_devices, settings.process_dedupe_fixes_per_device
         )
+        # Kept apart from ``recent`` so a rejected fix never hides a valid one.
+        self.rejected = RecentFixes(settings.process_dedupe_devices, 1)
         self.counts: Counter[str] = Counter()
         # Dead letters of every stage read back from the dead-letter topic.
         self.dead_letters_seen: Counter[str] = Counter()
@@ -131,13 +133,39 @@ class Router:
         return self._out(clean_kind, cleaner(raw, self.ctx))
 
     def _position(self, raw: Raw) -> Outgoing | None:
-        record = clean.clean_position(raw, self.ctx)
+        try:
+            record = clean.clean_position(raw, self.ctx)
+        except RejectedRecord:
+            if not self._known_rejected_snapshot(raw):
+                raise
+            return self._repeat(raw)
         if not self.recent.seen(record["imei"], record["gps_time"]):
             return self._out("position", record)
+        return self._repeat(raw)
+
+    def _repeat(self, raw: Raw) -> Outgoing | None:
         self.counts["duplicate"] += 1
         if raw.origin in LOCATION_SNAPSHOTS and f.present(raw.payload.get("hbTime")):
             return self._out("heartbeat", clean.heartbeat_from_location(raw, self.ctx))
         return None
+
+    def _known_rejected_snapshot(self, raw: Raw) -> bool:
+        """Return True when this unusable snapshot was dead-lettered before.
+
+        Location polls repeat a device's last fix every minute; an expired
+        device repeats its (0,0) forever. One dead letter per distinct fix is
+        enough; the repeats still say the device is alive.
+        """
+        if raw.origin not in LOCATION_SNAPSHOTS:
+            return False
+        try:
+            imei = clean.device_imei(raw)
+            gps_time = f.epoch_ms(
+                raw.payload.get("gpsTime"), "gpsTime", self.ctx.platform_zone
+            )
+        except RejectedRecord:
+            return False
+        return gps_time is not None and self.rejected.seen(imei, gps_time)
 
     def _out(self, kind: str, record: dict) -> Outgoing:
         topic, record_codec = self._clean[kind]

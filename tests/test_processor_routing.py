@@ -168,3 +168,33 @@ def test_platform_timezone_comes_from_settings(make_settings):
     out = feed("position", raw("pushgps", point("2025-03-10 08:00:00"), "push"))
     decoded = codec("Position").decode(out.value)
     assert decoded["gps_time"].isoformat() == "2025-03-10T05:00:00+00:00"
+
+
+def test_an_expired_device_is_dead_lettered_once_then_heard_as_alive(make_settings):
+    feed = Feed(make_settings)
+    expired = point(
+        "2024-12-31 21:58:31",
+        lat=0,
+        lng=0,
+        hbTime="2024-12-31 21:59:00",
+        expireFlag="0",
+    )
+    outs = [
+        feed("position", raw("jimi.user.device.location.list", expired))
+        for _ in range(3)
+    ]
+    assert [out.topic.split(".", 1)[1] for out in outs] == [
+        "deadletter.all",
+        "clean.heartbeat",
+        "clean.heartbeat",
+    ]
+    valid_same_time = point("2024-12-31 21:58:31")
+    out = feed("position", raw("jimi.device.track.list", valid_same_time))
+    assert out.topic.endswith(".clean.position")  # a rejection never hides a fix
+
+
+def test_repeated_unusable_pushes_are_each_dead_lettered(make_settings):
+    feed = Feed(make_settings)
+    zero = point("2025-03-10 06:20:28", lat=0, lng=0)
+    outs = [feed("position", raw("pushgps", zero, "push")) for _ in range(2)]
+    assert [out.topic.split(".", 1)[1] for out in outs] == ["deadletter.all"] * 2
