@@ -90,7 +90,11 @@ def device_imei(raw: Raw, record: dict | None = None) -> str:
 def event_time(
     value: object, field: str, raw: Raw, ctx: CleanContext, *, required: bool = True
 ) -> int | None:
-    """Return a record time in epoch ms, rejecting missing, future or unset ones."""
+    """Return a record time in epoch ms, rejecting missing, future or unset ones.
+
+    "Future" is judged against when the producer received the record, not the
+    clock of this process, so a replay judges every record as it was judged live.
+    """
     ms = f.epoch_ms(value, field, ctx.platform_zone)
     if ms is None:
         if required:
@@ -106,7 +110,9 @@ def event_time(
     return ms
 
 
-def coordinates(record: dict, lat_field: str = "lat", lng_field: str = "lng"):
+def coordinates(
+    record: dict, lat_field: str = "lat", lng_field: str = "lng"
+) -> tuple[float, float]:
     """Return a valid (lat, lng) pair; reject missing, (0,0) and out-of-range ones."""
     lat = f.number(record.get(lat_field), lat_field)
     lng = f.number(record.get(lng_field), lng_field)
@@ -119,7 +125,9 @@ def coordinates(record: dict, lat_field: str = "lat", lng_field: str = "lng"):
     return lat, lng
 
 
-def optional_coordinates(record: dict, lat_field: str = "lat", lng_field="lng"):
+def optional_coordinates(
+    record: dict, lat_field: str = "lat", lng_field: str = "lng"
+) -> tuple[float | None, float | None]:
     """Return (lat, lng) when the record carries a usable fix, else (None, None)."""
     try:
         return coordinates(record, lat_field, lng_field)
