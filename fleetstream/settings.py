@@ -98,9 +98,11 @@ class Settings(BaseSettings):
     # Processing
     fleet_timezone: str = "Africa/Nairobi"
     future_fix_tolerance_seconds: float = 300.0
+    # Raw batches sent but not yet acknowledged at once; commits stay in order.
     process_concurrency: int = 2
     process_batch_max_records: int = 5000
     process_batch_max_wait_ms: int = 20
+    # Memory of recent fixes per device, to drop repeats before the sink does.
     process_dedupe_devices: int = 20_000
     process_dedupe_fixes_per_device: int = 16
 
