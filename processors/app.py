@@ -98,7 +98,6 @@ def faust_options(settings: Settings) -> dict:
         "producer_acks": -1,
         "producer_linger": settings.kafka_producer_linger_ms / 1000,
         "producer_max_batch_size": settings.kafka_producer_max_batch_bytes,
-        "producer_max_request_size": 4 * 1_048_576,
         "topic_partitions": settings.topic_partitions,
         "topic_replication_factor": settings.topic_replication_factor,
         "topic_allow_declare": False,
