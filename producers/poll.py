@@ -24,7 +24,6 @@ from datetime import UTC, datetime, timedelta
 
 from fleetstream.db import create_pool
 from fleetstream.errors import FleetstreamError
-from fleetstream.kafka import make_producer
 from fleetstream.runtime import run_until_stopped, sleep_or_stop
 from fleetstream.settings import Settings
 from producers.client import (
@@ -36,7 +35,7 @@ from producers.client import (
     TokenError,
     TracksolidClient,
 )
-from producers.publish import RawPublisher, record_imei
+from producers.publish import RawPublisher, record_imei, started_producer
 
 logger = logging.getLogger(__name__)
 
@@ -425,13 +424,16 @@ async def run_poll(settings: Settings, stop: asyncio.Event) -> None:
     """Poll until ``stop`` is set, then flush the producer and close connections."""
     pool = await create_pool(settings.database_url, min_size=1, max_size=4)
     client = TracksolidClient(settings, pool, worker=worker_name("poll"))
-    producer = make_producer(settings)
-    await producer.start()
+    producer = await started_producer(settings, stop)
+    if producer is None:
+        await client.aclose()
+        await pool.close()
+        logger.info("poll worker stopped before the broker was reachable")
+        return
+    publisher = RawPublisher(producer, settings, "poll", replaceable=True)
     tasks: list[asyncio.Task] = []
     try:
-        poller = Poller(
-            settings, client, pool, RawPublisher(producer, settings, "poll")
-        )
+        poller = Poller(settings, client, pool, publisher)
         while not poller.devices and not stop.is_set():
             # Locations and history need the device list: wait for it first.
             try:
@@ -467,7 +469,8 @@ async def run_poll(settings: Settings, stop: asyncio.Event) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await producer.stop()
+        # The publisher may have replaced the producer it was given.
+        await publisher.producer.stop()
         await client.aclose()
         await pool.close()
         logger.info("poll worker stopped")

@@ -10,12 +10,41 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from fleetstream.codec import codec
+from fleetstream.kafka import make_producer
+from fleetstream.runtime import sleep_or_stop
 from fleetstream.settings import Settings
 from fleetstream.topics import RAW, raw_kind
 
 logger = logging.getLogger(__name__)
+
+# Failed publishes in a row after which a replaceable producer is replaced.
+RESTART_AFTER_FAILURES = 3
+
+
+async def started_producer(
+    settings: Settings, stop: asyncio.Event
+) -> AIOKafkaProducer | None:
+    """Return a started producer, waiting for the broker; None if stopped first.
+
+    A worker started before its broker waits for it (doubling pauses up to
+    30 s) rather than exiting.
+    """
+    pause = 1.0
+    while not stop.is_set():
+        producer = make_producer(settings)
+        try:
+            await producer.start()
+            return producer
+        except (KafkaError, OSError) as exc:
+            await producer.stop()
+            logger.warning("broker unreachable, retrying in %.0f s: %s", pause, exc)
+        if await sleep_or_stop(stop, pause):
+            break
+        pause = min(pause * 2, 30.0)
+    return None
 
 
 def record_imei(record: Mapping[str, Any]) -> str | None:
@@ -25,14 +54,30 @@ def record_imei(record: Mapping[str, Any]) -> str | None:
 
 
 class RawPublisher:
-    """Send records to their raw topic, one RawEvent each, keyed by IMEI."""
+    """Send records to their raw topic, one RawEvent each, keyed by IMEI.
+
+    Every publish waits at most twice the Kafka request timeout for its
+    acknowledgements, so a producer that stopped sending fails the call instead
+    of hanging it. With ``replaceable``, a producer that fails
+    ``RESTART_AFTER_FAILURES`` publishes in a row is stopped and a new one
+    started; ``producer`` is then the new one, which the owner must stop.
+    """
 
     def __init__(
-        self, producer: AIOKafkaProducer, settings: Settings, source: str
+        self,
+        producer: AIOKafkaProducer,
+        settings: Settings,
+        source: str,
+        *,
+        replaceable: bool = False,
     ) -> None:
         self.producer = producer
         self.settings = settings
         self.source = source
+        self.replaceable = replaceable
+        self.failures = 0
+        self.restarts = 0
+        self.ack_timeout_s = 2 * settings.kafka_request_timeout_ms / 1000
         self._codec = codec("RawEvent")
 
     async def publish(
@@ -47,11 +92,35 @@ class RawPublisher:
 
         ``imei`` names the device for records that do not carry it (track
         points). Returns the number of records acknowledged; raises if any send
-        failed, so the caller never advances a watermark past lost records.
+        failed or the acknowledgements did not come in time, so the caller never
+        advances a watermark past lost records.
         """
         topic = self.settings.topic(RAW, raw_kind(origin))
+        messages = self._encode(origin, records, request_id, imei)
+        producer = self.producer
+        try:
+            async with asyncio.timeout(self.ack_timeout_s):
+                pending = [
+                    await producer.send(topic, value=value, key=key)
+                    for key, value in messages
+                ]
+                await asyncio.gather(*pending)
+        except (TimeoutError, KafkaError):
+            await self._failed(producer)
+            raise
+        self.failures = 0
+        logger.debug("published %d %s records to %s", len(messages), origin, topic)
+        return len(messages)
+
+    def _encode(
+        self,
+        origin: str,
+        records: Iterable[Mapping[str, Any]],
+        request_id: str,
+        imei: str | None,
+    ) -> list[tuple[bytes | None, bytes]]:
         received_at = datetime.now(UTC)
-        pending = []
+        messages = []
         for record in records:
             device = record_imei(record) or imei
             value = self._codec.encode(
@@ -64,9 +133,29 @@ class RawPublisher:
                     "request_id": request_id,
                 }
             )
-            key = device.encode() if device else None
-            pending.append(await self.producer.send(topic, value=value, key=key))
-        if pending:
-            await asyncio.gather(*pending)
-        logger.debug("published %d %s records to %s", len(pending), origin, topic)
-        return len(pending)
+            messages.append((device.encode() if device else None, value))
+        return messages
+
+    async def _failed(self, producer: AIOKafkaProducer) -> None:
+        if producer is not self.producer:
+            return
+        self.failures += 1
+        if not self.replaceable or self.failures < RESTART_AFTER_FAILURES:
+            return
+        fresh = make_producer(self.settings)
+        try:
+            await fresh.start()
+        except (KafkaError, OSError) as exc:
+            await fresh.stop()
+            logger.warning("producer not replaced, broker unreachable: %s", exc)
+            return
+        self.producer, self.failures = fresh, 0
+        self.restarts += 1
+        logger.warning(
+            "producer failed %d publishes in a row; replaced it",
+            RESTART_AFTER_FAILURES,
+        )
+        try:
+            await asyncio.wait_for(producer.stop(), self.ack_timeout_s)
+        except (TimeoutError, KafkaError, OSError) as exc:
+            logger.warning("replaced producer did not stop cleanly: %s", exc)

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
+from aiokafka.errors import KafkaError
 
 from fakeplatform.openapi import EXPIRED_IMEI, FakeConfig
 from fakeplatform.server import FakePlatform
@@ -26,6 +27,7 @@ from fakeplatform.traces import (
 )
 from fleetstream.codec import codec
 from fleetstream.db import create_pool
+from fleetstream.embedded import EmbeddedBroker, free_port
 from fleetstream.kafka import ensure_topics, make_consumer, make_producer
 from producers.client import ApiError, IpLimitError, TracksolidClient, parse_time
 from producers.poll import (
@@ -447,8 +449,6 @@ async def test_poll_command_runs_until_sigterm(make_settings, database_url):
 async def test_watermark_stays_when_kafka_refuses_the_records(
     make_settings, database_url
 ):
-    from aiokafka.errors import KafkaError
-
     traces = load_traces(["truck-B"])
     now = datetime.now(UTC).replace(microsecond=0)
     replay = history_replay(traces, now)
@@ -801,3 +801,73 @@ async def test_backfill_stops_promptly_while_the_platform_is_busy(
     finally:
         await pool.close()
     assert progress == 0
+
+
+async def test_a_broken_producer_fails_fast_and_is_replaced(
+    make_settings, database_url
+):
+    traces = load_traces(["truck-A", "truck-B"])
+    replay = Replay(traces, datetime.now(UTC) - timedelta(minutes=10))
+    async with FakePlatform(FakeConfig(include_expired_device=False), replay) as fake:
+        settings = poll_settings(
+            make_settings, database_url, fake, kafka_request_timeout_ms=1000
+        )
+        harness = await Harness().start(settings)
+        publisher = RawPublisher(harness.producer, settings, "poll", replaceable=True)
+        harness.poller.publisher = publisher
+        try:
+            await harness.poller.poll_devices()
+            # Stopped under the publisher, the producer can never deliver again.
+            wedged = harness.producer
+            await wedged.stop()
+            failures = []
+            for _ in range(3):
+                started = time.monotonic()
+                with pytest.raises((TimeoutError, KafkaError)):
+                    await harness.poller.poll_locations()
+                failures.append(time.monotonic() - started)
+            published = await harness.poller.poll_locations()
+        finally:
+            harness.producer = publisher.producer
+            await harness.stop()
+
+    assert all(seconds < 5 for seconds in failures), failures
+    assert publisher.producer is not wedged and publisher.restarts == 1
+    assert published == len(traces)
+    positions = await read_raw(settings, "position")
+    assert Counter(e["imei"] for e in positions) == Counter(t.imei for t in traces)
+
+
+async def test_poll_worker_started_before_its_broker_waits_for_it(
+    make_settings, database_url, state_dir
+):
+    broker = EmbeddedBroker(free_port(), state_dir / "poll-late-tansu.log")
+    traces = load_traces(["truck-B"])
+    replay = Replay(traces, datetime.now(UTC) - timedelta(minutes=10))
+    try:
+        async with FakePlatform(
+            FakeConfig(include_expired_device=False), replay
+        ) as fake:
+            settings = poll_settings(
+                make_settings,
+                database_url,
+                fake,
+                kafka_bootstrap_servers=broker.bootstrap_servers,
+                broker_profile="embedded",
+            )
+            stop = asyncio.Event()
+            polling = asyncio.create_task(run_poll(settings, stop))
+            await asyncio.sleep(2)
+            assert not polling.done()
+            broker.start()
+            await ensure_topics(settings)
+            deadline = time.monotonic() + 30
+            registry = []
+            while not registry and time.monotonic() < deadline:
+                registry = await read_raw(settings, "device", idle_s=0.5)
+            stop.set()
+            await asyncio.wait_for(polling, 30)
+    finally:
+        broker.stop()
+
+    assert [e["imei"] for e in registry] == [traces[0].imei]
