@@ -52,7 +52,7 @@ from fleetstream.errors import FleetstreamError
 from fleetstream.kafka import ensure_topics, make_producer
 from fleetstream.runtime import run_until_stopped, serve_http
 from fleetstream.settings import Settings
-from fleetstream.topics import RAW_TOPICS, raw_kind
+from fleetstream.topics import RAW_KIND_BY_ORIGIN, RAW_TOPICS, raw_kind
 
 logger = logging.getLogger(__name__)
 
@@ -130,11 +130,11 @@ def _parse_json(text: str, field: str) -> Any:
         ) from None
 
 
-def suspect_reason(record: Any) -> str | None:
+def suspect_reason(record: Any, imei: str | None) -> str | None:
     """Return why the processor will dead-letter ``record``, None if it may not."""
     if not isinstance(record, dict):
         return NOT_OBJECT
-    if record_imei(record) is None:
+    if imei is None:
         return NO_IMEI
     return None
 
@@ -196,6 +196,16 @@ def parse_push(path: str, body: bytes, content_type: str) -> Push:
     return Push(msg_type, token, _as_records(fields["data"], "data"))
 
 
+def metric_origin(origin: str) -> str:
+    """Return the metrics label of an origin: known ones as is, else ``other``.
+
+    Paths and message types come from the request, before the token is
+    checked; labelling them verbatim would let anyone add series without end
+    or break the exposition format with quotes.
+    """
+    return origin if origin in RAW_KIND_BY_ORIGIN or origin == "message" else "other"
+
+
 class Metrics:
     """Counters of what the receiver did, served as Prometheus text."""
 
@@ -207,9 +217,13 @@ class Metrics:
         self.broker_up: bool | None = None
 
     def count(self, origin: str, outcome: str, records: int = 0) -> None:
-        self.requests[(origin, outcome)] += 1
+        label = metric_origin(origin)
+        self.requests[(label, outcome)] += 1
         if records:
-            self.records[origin] += records
+            self.records[label] += records
+
+    def suspect(self, origin: str, reason: str, records: int) -> None:
+        self.suspects[(metric_origin(origin), reason)] += records
 
     def render(self) -> str:
         lines = [
@@ -387,7 +401,7 @@ def create_app(settings: Settings, producer: AIOKafkaProducer | None = None) -> 
         futures = []
         for record in push.records:
             imei = record_imei(record)
-            if (reason := suspect_reason(record)) is not None:
+            if (reason := suspect_reason(record, imei)) is not None:
                 suspects[reason] += 1
             value = raw_event.encode(
                 {
@@ -423,7 +437,7 @@ def create_app(settings: Settings, producer: AIOKafkaProducer | None = None) -> 
             holder.succeeded()
         except Refused as exc:
             metrics.count(origin, exc.reason)
-            logger.info("refused push to /%s: %s", path, exc.reason)
+            logger.info("refused push to /%.60s: %s", path, exc.reason)
             return JSONResponse(
                 {"code": exc.status, "msg": exc.message, "reason": exc.reason},
                 status_code=exc.status,
@@ -447,7 +461,7 @@ def create_app(settings: Settings, producer: AIOKafkaProducer | None = None) -> 
             )
         metrics.count(origin, "accepted", len(push.records))
         for reason, count in suspects.items():
-            metrics.suspects[(origin, reason)] += count
+            metrics.suspect(origin, reason, count)
         if suspects:
             logger.info(
                 "push to /%s: %d of %d records published for the dead-letter topic",

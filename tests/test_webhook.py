@@ -700,3 +700,35 @@ async def test_a_wedged_producer_is_replaced_instead_of_failing_forever(
     got = decoded(await read_topic(settings, settings.topic("raw", "position"), 3))
     payloads = [json.loads(e["payload"]) for _, e in got]
     assert records[0] in payloads and records[4] in payloads and records[5] in payloads
+
+
+async def test_metrics_labels_stay_few_and_well_formed_whatever_is_sent(receiver):
+    _, url = receiver
+    odd_paths = [f'/push{n}"}} 1 fake_metric{{x="' for n in range(30)]
+
+    async with httpx.AsyncClient() as client:
+        for path in odd_paths:
+            await client.post(url + path, content=b"token=wrong&data_list=%5B%7B%7D%5D")
+        for n in range(30):
+            await client.post(
+                url + "/?token=wrong",
+                content=urlencode({"msgType": f"jimi.{n}", "data": "{}"}),
+                headers=FORM,
+            )
+        known = await client.post(
+            url + "/pushIothubEvent",
+            content=form(SAMPLE_TOKEN, [gps_record("860001000000011", 0)]),
+            headers=FORM,
+        )
+        metrics = (await client.get(url + "/metrics")).text
+
+    assert known.status_code == 200
+    samples = [line for line in metrics.splitlines() if not line.startswith("#")]
+    assert not [line for line in samples if "fake_metric" in line or "jimi.1" in line]
+    origins = {
+        line.split('origin="')[1].split('"')[0] for line in samples if "origin" in line
+    }
+    assert origins == {"message", "other"}
+    for origin in ("message", "other"):
+        line = f'{{origin="{origin}",outcome="wrong_token"}} 30'
+        assert line in metrics
