@@ -368,7 +368,7 @@ class Pusher:
         self.requests: Counter[tuple[str, str]] = Counter()
 
     async def push_window(self, since: datetime, until: datetime) -> None:
-        """Push everything delivered in (since, until] and heartbeats due at until."""
+        """Push everything delivered in (since, until] and what is due at until."""
         if self._client is None:
             async with httpx.AsyncClient(timeout=self.options.timeout_s) as client:
                 self._client = client
@@ -403,8 +403,7 @@ class Pusher:
                 else:
                     by_path["pushalarm"].append(record)
         by_path["pushhb"] = self._heartbeats(until)
-        for path, records in self._extras(until).items():
-            by_path[path] = records
+        by_path.update(self._extras(until))
         for record in messages:
             await self._post_message("jimi.push.device.alarm", record)
         for path, records in by_path.items():
