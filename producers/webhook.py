@@ -128,6 +128,11 @@ def _parse_json(text: str, field: str) -> Any:
         raise Refused(
             400, "malformed_json", f"{field} is not valid JSON: {exc}"
         ) from None
+    except RecursionError:
+        # Thousands of nested brackets exhaust the parser's stack.
+        raise Refused(
+            400, "malformed_json", f"{field} is nested too deeply to read"
+        ) from None
 
 
 def suspect_reason(record: Any, imei: str | None) -> str | None:

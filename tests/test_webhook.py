@@ -290,6 +290,18 @@ MALFORMED = {
         400,
         "malformed_json",
     ),
+    "nesting too deep": (
+        _form_body(token=SAMPLE_TOKEN, data_list="[" * 100_000 + "]" * 100_000),
+        FORM,
+        400,
+        "malformed_json",
+    ),
+    "json body nested too deep": (
+        b'{"data_list": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        {"content-type": "application/json"},
+        400,
+        "malformed_json",
+    ),
     "wrong token": (
         _form_body(token=SAMPLE_TOKEN + "x", data_list=GOOD),
         FORM,
