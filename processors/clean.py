@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
+import orjson
+
 from fleetstream.errors import RejectedRecord
 from fleetstream.settings import Settings
 from processors import fields as f
@@ -60,8 +62,9 @@ class Raw(NamedTuple):
     def from_event(cls, event: dict) -> Raw:
         """Return the envelope of a decoded ``RawEvent``; reject bad payloads."""
         try:
-            payload = json.loads(event["payload"])
-        except ValueError:
+            # orjson parses these small documents about three times faster.
+            payload = orjson.loads(event["payload"])
+        except orjson.JSONDecodeError:
             raise RejectedRecord("payload is not JSON") from None
         if not isinstance(payload, dict):
             raise RejectedRecord(

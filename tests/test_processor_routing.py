@@ -198,3 +198,19 @@ def test_repeated_unusable_pushes_are_each_dead_lettered(make_settings):
     zero = point("2025-03-10 06:20:28", lat=0, lng=0)
     outs = [feed("position", raw("pushgps", zero, "push")) for _ in range(2)]
     assert [out.topic.split(".", 1)[1] for out in outs] == ["deadletter.all"] * 2
+
+
+def test_payload_that_is_not_strict_json_is_dead_lettered(make_settings):
+    feed = Feed(make_settings)
+    value = codec("RawEvent").encode(
+        {
+            "source": "push",
+            "origin": "pushgps",
+            "received_at": RECEIVED_AT,
+            "imei": IMEI,
+            "request_id": None,
+            "payload": '{"imei": "860001000000011", "lat": NaN, "lng": 36.8}',
+        }
+    )
+    letter = codec("DeadLetter").decode(feed("position", value).value)
+    assert letter["reason"] == "payload is not JSON"
