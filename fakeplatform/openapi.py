@@ -105,6 +105,9 @@ class FakeConfig:
     parking_row_base: int = 0
     parking_refused_pagings: list[list[int]] = field(default_factory=list)
     include_expired_device: bool = True
+    # Method -> elements appended to the list it answers, for a platform that
+    # sends something other than a record (a number, null, a string).
+    stray_rows: dict[str, list[Any]] = field(default_factory=dict)
     overspeed_kmh: float = 80.0
     # A standstill this long is a parking and ends a trip.
     parking_min_seconds: float = 120.0
@@ -297,7 +300,14 @@ class FakeOpenApi:
         # when the access token has expired.
         if method not in ("jimi.oauth.token.get", "jimi.oauth.token.refresh"):
             self._check_token(method, params)
-        return handler(params)
+        body = handler(params)
+        stray = self.config.stray_rows.get(method)
+        if stray:
+            rows = body.get("result")
+            if not isinstance(rows, list):
+                rows = (body.get("data") or {}).get("rows")
+            rows.extend(stray)
+        return body
 
     def _check_request(self, params: dict[str, str]) -> None:
         if params.get("app_key") != self.config.app_key:

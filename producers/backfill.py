@@ -217,7 +217,7 @@ class Backfill:
             TRACK_LIST, imei=imei, begin_time=begin, end_time=end
         )
         return await self.poller.publisher.publish(
-            TRACK_LIST, envelope.records(), request_id=envelope.request_id, imei=imei
+            TRACK_LIST, envelope.elements(), request_id=envelope.request_id, imei=imei
         )
 
     def _report(self, job: str, started: float) -> None:

@@ -121,14 +121,22 @@ class Envelope:
             request_id=uuid.uuid4().hex,
         )
 
-    def records(self) -> list[dict[str, Any]]:
-        """Return the list of records this response carries, wherever it is."""
+    def elements(self) -> list[Any]:
+        """Return the list this response carries, wherever it is, element by element.
+
+        Elements are records (JSON objects) unless the platform erred; those
+        are published all the same, for the processor to dead-letter.
+        """
         for part in (self.result, self.data):
             if isinstance(part, list):
-                return [r for r in part if isinstance(r, dict)]
+                return part
             if isinstance(part, dict) and isinstance(part.get("rows"), list):
-                return [r for r in part["rows"] if isinstance(r, dict)]
+                return part["rows"]
         return []
+
+    def records(self) -> list[dict[str, Any]]:
+        """Return the JSON objects among ``elements()``."""
+        return [r for r in self.elements() if isinstance(r, dict)]
 
 
 @dataclass(frozen=True)
@@ -254,7 +262,7 @@ class TracksolidClient:
             called_at,
             method,
             imei_count,
-            len(envelope.records()) if envelope else 0,
+            len(envelope.elements()) if envelope else 0,
             envelope.code if envelope else None,
             status,
             latency_ms,

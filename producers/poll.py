@@ -153,7 +153,7 @@ class Poller:
     async def _publish(self, envelope: Envelope, imei: str | None = None) -> int:
         return await self.publisher.publish(
             envelope.method,
-            envelope.records(),
+            envelope.elements(),
             request_id=envelope.request_id,
             imei=imei,
         )
@@ -288,7 +288,7 @@ class Poller:
                 page_size=size,
                 acc_type=acc_type,
             )
-            rows = envelope.records()
+            rows = envelope.elements()
             # A platform that ignores start_row serves the first page again.
             if rows and rows[0] == previous:
                 logger.warning("report.parking repeated a page; paging stopped")
@@ -333,9 +333,9 @@ class Poller:
                 page_no=page,
                 page_size=ALARM_PAGE_SIZE,
             )
-            rows = envelope.records()
+            rows = envelope.elements()
             # A platform that ignores page_no serves page 1 again: stop there.
-            if rows and pages and rows[0] == pages[-1].records()[0]:
+            if rows and pages and rows[0] == pages[-1].elements()[0]:
                 logger.warning("alarm.list repeated a page; paging stopped at %d", page)
                 return pages
             pages.append(envelope)

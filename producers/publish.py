@@ -47,8 +47,10 @@ async def started_producer(
     return None
 
 
-def record_imei(record: Mapping[str, Any]) -> str | None:
+def record_imei(record: Any) -> str | None:
     """Return the IMEI a platform record names, if any."""
+    if not isinstance(record, Mapping):
+        return None
     value = record.get("imei") or record.get("deviceImei")
     return str(value) if value else None
 
@@ -83,7 +85,7 @@ class RawPublisher:
     async def publish(
         self,
         origin: str,
-        records: Iterable[Mapping[str, Any]],
+        records: Iterable[Any],
         *,
         request_id: str,
         imei: str | None = None,
@@ -91,9 +93,11 @@ class RawPublisher:
         """Publish ``records`` of one response and wait until Kafka acknowledged all.
 
         ``imei`` names the device for records that do not carry it (track
-        points). Returns the number of records acknowledged; raises if any send
-        failed or the acknowledgements did not come in time, so the caller never
-        advances a watermark past lost records.
+        points). Elements that are not JSON objects are published as they
+        came, for the processor to dead-letter. Returns the number of records
+        acknowledged; raises if any send failed or the acknowledgements did not
+        come in time, so the caller never advances a watermark past lost
+        records.
         """
         topic = self.settings.topic(RAW, raw_kind(origin))
         messages = self._encode(origin, records, request_id, imei)
@@ -115,7 +119,7 @@ class RawPublisher:
     def _encode(
         self,
         origin: str,
-        records: Iterable[Mapping[str, Any]],
+        records: Iterable[Any],
         request_id: str,
         imei: str | None,
     ) -> list[tuple[bytes | None, bytes]]:

@@ -871,3 +871,43 @@ async def test_poll_worker_started_before_its_broker_waits_for_it(
         broker.stop()
 
     assert [e["imei"] for e in registry] == [traces[0].imei]
+
+
+async def test_stray_elements_of_a_response_are_published_not_dropped(
+    make_settings, database_url
+):
+    traces = load_traces(["truck-B"])
+    imei = traces[0].imei
+    now = datetime.now(UTC).replace(microsecond=0)
+    stray = [5, None, "row", [1]]
+    config = FakeConfig(
+        include_expired_device=False,
+        stray_rows={TRACK_LIST: stray, "jimi.user.device.list": [7]},
+    )
+    async with FakePlatform(config, history_replay(traces, now)) as fake:
+        fake.api.wall = lambda: now
+        settings = poll_settings(make_settings, database_url, fake)
+        harness = await Harness().start(settings)
+        try:
+            devices = await harness.poller.poll_devices()
+            await save_watermarks(
+                harness.pool, TRACK_LIST, devices, now - timedelta(hours=1)
+            )
+            published = await harness.poller.poll_tracks()
+        finally:
+            await harness.stop()
+
+    assert devices == [imei]
+    assert [c.code for c in fake.api.calls if c.method == TRACK_LIST] == [0]
+    events = await read_raw(settings, "position")
+    payloads = [json.loads(e["payload"]) for e in events]
+    strays = [p for p in payloads if not isinstance(p, dict)]
+    # Track points name no device: the window's IMEI keys them, strays too.
+    assert sorted(map(json.dumps, strays)) == sorted(map(json.dumps, stray))
+    assert all(e["key"] == imei.encode() for e in events)
+    fixes = [p for p in payloads if isinstance(p, dict)]
+    assert fixes and all(p["gpsTime"] for p in fixes)
+    assert published == len(events) == len(fixes) + len(stray)
+    registry = await read_raw(settings, "device")
+    unkeyed = [e for e in registry if e["imei"] is None]
+    assert [(e["payload"], e["key"]) for e in unkeyed] == [("7", None)]
