@@ -6,6 +6,10 @@ import asyncio
 import csv
 import json
 import math
+import os
+import signal
+import sys
+import time
 from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
 
@@ -568,3 +572,45 @@ def test_push_settings_refuse_unknown_paths_and_shapes(make_settings):
         options_from(make_settings(fake_push_paths="pushgsp"))
     with pytest.raises(ConfigError, match="sideways"):
         options_from(make_settings(fake_push_alarm_shape="sideways"))
+
+
+async def test_fake_platform_command_pushes_every_kind_by_default(receiver):
+    settings, url = receiver
+    port = free_port()
+    env = {
+        **os.environ,
+        "FLEETSTREAM_ENVIRONMENT": "test",
+        "FLEETSTREAM_FAKE_PLATFORM_PORT": str(port),
+        "FLEETSTREAM_FAKE_PUSH_URL": url,
+        "FLEETSTREAM_WEBHOOK_PUSH_TOKEN": TOKEN,
+        "FLEETSTREAM_FAKE_SPEEDUP": "60",
+        "FLEETSTREAM_FAKE_PUSH_INTERVAL_SECONDS": "0.5",
+        "FLEETSTREAM_FAKE_PUSH_HEARTBEAT_INTERVAL_SECONDS": "2",
+        "FLEETSTREAM_FAKE_PUSH_EXTRAS_INTERVAL_SECONDS": "2",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "fleetstream.cli",
+        "fake-platform",
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    kinds = set(RAW_KIND_OF_PATH.values())
+    seen: dict[str, set[str]] = {}
+    try:
+        deadline = time.monotonic() + 60
+        while set(seen) != kinds and time.monotonic() < deadline:
+            for kind in kinds - set(seen):
+                messages = await read_topic(settings, settings.topic("raw", kind), 1, 1)
+                if messages:
+                    seen[kind] = {
+                        codec("RawEvent").decode(m.value)["origin"] for m in messages
+                    }
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+
+    assert set(seen) == kinds, stderr.decode()[-2000:]
+    assert process.returncode == 0
+    assert "pusher stopped after" in stderr.decode()
