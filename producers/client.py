@@ -254,7 +254,7 @@ class TracksolidClient:
             status = response.status_code
             response.raise_for_status()
             envelope = Envelope.parse(method, response.json())
-        except (httpx.HTTPError, ValueError) as exc:
+        except (httpx.HTTPError, ValueError, RecursionError) as exc:
             # Only the exception type: httpx messages can carry the request URL.
             failure = f"{type(exc).__name__}: transport or decoding failed"
         latency_ms = int((time.monotonic() - started) * 1000)

@@ -10,6 +10,10 @@ from pathlib import Path
 from urllib.parse import parse_qsl
 
 import pytest
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
+from test_webhook import serving
 
 from fakeplatform.openapi import FakeConfig
 from fakeplatform.server import FakePlatform
@@ -328,3 +332,39 @@ async def test_every_call_is_logged_without_secrets(client_settings, pool, fake)
     text = json.dumps([dict(r) for r in rows], default=str)
     assert not [s for s in secrets if s in text]
     await client.aclose()
+
+
+async def test_unusable_answers_are_retried_like_transport_errors(
+    client_settings, pool
+):
+    answers = [
+        Response("<html>busy</html>", media_type="text/html"),
+        Response("[1, 2]", media_type="application/json"),
+        # Nested deeper than any JSON parser's stack.
+        Response("[" * 100_000 + "]" * 100_000, media_type="application/json"),
+        Response('{"code": 0}', status_code=502, media_type="application/json"),
+    ]
+
+    served = []
+
+    async def route_rest(request):
+        served.append(request)
+        return answers[(len(served) - 1) % len(answers)]
+
+    app = Starlette(routes=[Route("/route/rest", route_rest, methods=["POST"])])
+    async with serving(app) as url:
+        settings = client_settings(
+            tracksolid_base_url=url + "/route/rest", tracksolid_max_attempts=4
+        )
+        client = TracksolidClient(settings, pool, worker="t")
+        try:
+            with pytest.raises(RetriesExhausted):
+                await client.call("jimi.oauth.token.get", user_id="u")
+        finally:
+            await client.aclose()
+
+    rows = await pool.fetch("SELECT * FROM tracksolid.ingestion_log ORDER BY id")
+    assert [r["http_status"] for r in rows] == [200, 200, 200, 502]
+    assert all(r["result_code"] is None for r in rows)
+    assert "RecursionError" in rows[2]["error"]
+    assert "HTTPStatusError" in rows[3]["error"]
