@@ -255,7 +255,8 @@ class TracksolidClient:
             response.raise_for_status()
             envelope = Envelope.parse(method, response.json())
         except (httpx.HTTPError, ValueError, RecursionError) as exc:
-            # Only the exception type: httpx messages can carry the request URL.
+            # RecursionError: JSON nested deeper than the parser's stack. Only
+            # the exception type is kept: httpx messages can carry the URL.
             failure = f"{type(exc).__name__}: transport or decoding failed"
         latency_ms = int((time.monotonic() - started) * 1000)
         await self._log_call(
