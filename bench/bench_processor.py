@@ -1,16 +1,23 @@
-"""Measure the processor against a bare consumer on the same raw topic.
+"""Measure the processor against a bare consumer and bare faust agents.
 
 Starts an embedded broker (unless ``KAFKA_BOOTSTRAP_SERVERS`` is set), fills
-``raw.position`` with distinct pushgps and track.list fixes, then measures:
+``raw.position`` with distinct pushgps and track.list fixes, then measures, in
+the same run and on the same topic:
 
-* baseline: one aiokafka consumer reading and decoding every ``RawEvent``;
+* bare: one aiokafka consumer reading and decoding every ``RawEvent``;
+* faust agent: a faust agent doing nothing but decode each ``RawEvent``, one
+  event at a time, which is how faust hands records to agents;
+* faust take: the same agent reading ``stream.take`` batches;
 * processor: the faust app cleaning, de-duplicating and producing every one
-  of them to ``clean.position``, timed from its first to its last record so the
-  group join is not counted.
+  of them to ``clean.position`` through its batched reader
+  (``processors.batch``).
 
-Both run on the same machine as the broker, whose load varies, so each round
-uses a fresh topic and the best of the rounds is printed alongside each one.
-Run: ``python -m bench.bench_processor [--clean-only]``.
+Every consumer is its own group, timed from its first to its last record so the
+group join is not counted. The two faust agents are the alternative the
+processor's design turned down: they show what the raw path would reach had it
+been written as agents. The machine's load varies, so each round uses a fresh
+topic and the best of the rounds is printed alongside each one.
+Run: ``python -m bench.bench_processor [--clean-only] [--figures PATH]``.
 """
 
 from __future__ import annotations
@@ -24,13 +31,23 @@ import time
 import uuid
 from pathlib import Path
 
+import faust
+
+from bench.figures import Figure, write_figures
 from fleetstream.codec import codec
 from fleetstream.embedded import EmbeddedBroker, free_port
 from fleetstream.kafka import ensure_topics, make_consumer, make_producer
 from fleetstream.settings import Settings
-from processors.app import AGENT_MODULES, run
+from processors.app import AGENT_MODULES, EmbeddedBrokerApp, faust_options, run
 
 DEVICES = 500
+TARGET_RATIO = 0.3
+TARGET_RATE = 20_000
+# The fastest take settings measured here: shorter waits or smaller batches
+# (100 to 1000 records, 0.05 to 0.5 s) made the take agent slower still.
+TAKE_MAX = 5000
+TAKE_WITHIN_SECONDS = 1.0
+COLUMNS = ("bare", "faust agent", "faust take", "processor")
 START_MS = 1_741_560_000_000  # 2025-03-09T22:40:00Z
 
 
@@ -123,6 +140,60 @@ async def bare_consume(settings: Settings, count: int) -> float:
         await consumer.stop()
 
 
+async def faust_agent_rate(settings: Settings, count: int, take: bool) -> float:
+    """Return records/s of a bare faust agent that only decodes each record.
+
+    The app is configured like the processor's (``faust_options``, the short
+    fetch wait on the embedded broker) so that only the agent path differs.
+    """
+    raw = codec("RawEvent")
+    options = faust_options(settings)
+    options["datadir"] = tempfile.mkdtemp(prefix="bench-faust-")
+    app_class = (
+        EmbeddedBrokerApp if settings.broker_profile == "embedded" else faust.App
+    )
+    app = app_class(f"{settings.topic_prefix}-agent-{uuid.uuid4().hex[:6]}", **options)
+    topic = app.topic(
+        settings.topic("raw", "position"), key_type=bytes, value_type=bytes
+    )
+    marks: list[float] = []
+    done = asyncio.Event()
+    seen = 0
+
+    def counted(n: int) -> None:
+        nonlocal seen
+        if not marks:
+            marks.append(time.perf_counter())
+        seen += n
+        if seen >= count:
+            marks.append(time.perf_counter())
+            done.set()
+
+    if take:
+
+        @app.agent(topic, name="bench_take")
+        async def take_agent(stream):
+            async for values in stream.take(TAKE_MAX, within=TAKE_WITHIN_SECONDS):
+                for value in values:
+                    raw.decode(value)
+                counted(len(values))
+
+    else:
+
+        @app.agent(topic, name="bench_agent")
+        async def agent(stream):
+            async for value in stream:
+                raw.decode(value)
+                counted(1)
+
+    await app.start()
+    try:
+        await done.wait()
+    finally:
+        await app.stop()
+    return count / (marks[1] - marks[0])
+
+
 async def processor_rate(
     settings: Settings, count: int, agent_modules: tuple[str, ...]
 ) -> tuple[float, dict]:
@@ -156,8 +227,8 @@ async def processor_rate(
 
 async def one_round(
     servers: str, profile: str, count: int, partitions: int, modules: tuple[str, ...]
-) -> tuple[float, float, dict]:
-    """Return (bare rate, processor rate, counts) on a fresh topic prefix."""
+) -> tuple[dict[str, float], dict]:
+    """Return the rate of each consumer and the processor's counts, fresh topic."""
     settings = Settings(
         environment="test",
         kafka_bootstrap_servers=servers,
@@ -168,13 +239,17 @@ async def one_round(
     )
     await ensure_topics(settings)
     await fill(settings, raw_positions(count))
-    bare = await bare_consume(settings, count)
-    rate, counts = await processor_rate(settings, count, modules)
-    return bare, rate, counts
+    rates = {"bare": await bare_consume(settings, count)}
+    rates["faust agent"] = await faust_agent_rate(settings, count, take=False)
+    rates["faust take"] = await faust_agent_rate(settings, count, take=True)
+    rates["processor"], counts = await processor_rate(settings, count, modules)
+    return rates, counts
 
 
-async def main(count: int, partitions: int, clean_only: bool, rounds: int) -> None:
-    """Measure both rates ``rounds`` times and print each round and the best."""
+async def main(
+    count: int, partitions: int, clean_only: bool, rounds: int
+) -> list[Figure]:
+    """Measure every rate ``rounds`` times; print each round and the best."""
     servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     broker = None
     if not servers:
@@ -187,25 +262,59 @@ async def main(count: int, partitions: int, clean_only: bool, rounds: int) -> No
     modules = () if clean_only else AGENT_MODULES
     agents = "raw cleaner only" if clean_only else "with every registered agent"
     print(f"{count} records, {partitions} partitions, {profile} broker, {agents}")
-    print(f"{'round':>5} {'bare rec/s':>12} {'processor rec/s':>16} {'ratio':>6}")
+    print(f"{'round':>5}" + "".join(f"{c + ' rec/s':>18}" for c in COLUMNS) + "  ratio")
     results = []
     try:
         for n in range(1, rounds + 1):
-            bare, rate, counts = await one_round(
+            rates, counts = await one_round(
                 servers, profile, count, partitions, modules
             )
-            assert counts.get("position") == count, counts
-            results.append((bare, rate))
-            print(f"{n:>5} {bare:>12,.0f} {rate:>16,.0f} {rate / bare:>6.2f}")
+            if counts.get("position") != count:
+                raise RuntimeError(f"the processor cleaned {counts}, not {count}")
+            results.append(rates)
+            line = "".join(f"{rates[c]:>18,.0f}" for c in COLUMNS)
+            print(f"{n:>5}{line}  {rates['processor'] / rates['bare']:5.2f}")
     finally:
         if broker:
             broker.stop()
-    best_bare = max(bare for bare, _ in results)
-    best_rate = max(rate for _, rate in results)
+    best = {c: max(r[c] for r in results) for c in COLUMNS}
+    line = "".join(f"{best[c]:>18,.0f}" for c in COLUMNS)
     print(
-        f"{'best':>5} {best_bare:>12,.0f} {best_rate:>16,.0f} "
-        f"{best_rate / best_bare:>6.2f}  (targets: ratio >= 0.3, >= 20,000/s)"
+        f"{'best':>5}{line}  {best['processor'] / best['bare']:5.2f}  "
+        f"(targets: ratio >= {TARGET_RATIO}, >= {TARGET_RATE:,}/s)"
     )
+    return [
+        Figure(
+            "processor / bare consume+decode",
+            "rec/s",
+            best["processor"],
+            best["bare"],
+            minimum=TARGET_RATIO,
+        ),
+        Figure(
+            "processor events/s",
+            "rec/s",
+            best["processor"],
+            minimum=TARGET_RATE,
+            on_ratio=False,
+        ),
+        Figure(
+            "faust agent events/s (rejected design)",
+            "rec/s",
+            best["faust agent"],
+            best["bare"],
+            minimum=TARGET_RATE,
+            on_ratio=False,
+        ),
+        Figure(
+            "faust take agent events/s (rejected)",
+            "rec/s",
+            best["faust take"],
+            best["bare"],
+            minimum=TARGET_RATE,
+            on_ratio=False,
+        ),
+    ]
 
 
 if __name__ == "__main__":
@@ -216,5 +325,9 @@ if __name__ == "__main__":
     parser.add_argument(
         "--clean-only", action="store_true", help="leave out the derivation agents"
     )
+    parser.add_argument("--figures", help="also write the headline figures here")
     args = parser.parse_args()
-    asyncio.run(main(args.records, args.partitions, args.clean_only, args.rounds))
+    figures = asyncio.run(
+        main(args.records, args.partitions, args.clean_only, args.rounds)
+    )
+    write_figures(args.figures, figures)
