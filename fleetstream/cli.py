@@ -14,8 +14,11 @@ import os
 import sys
 from collections.abc import Callable
 
+from pydantic import ValidationError
+
 from fleetstream import logs
-from fleetstream.settings import get_settings
+from fleetstream.errors import FleetstreamError
+from fleetstream.settings import ENV_PREFIX, Settings, get_settings
 
 STAGES: dict[str, tuple[str, str]] = {
     "poll": ("producers.poll", "poll the Tracksolid Open API into raw topics"),
@@ -65,8 +68,22 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "dev":
         os.environ.setdefault("FLEETSTREAM_ENVIRONMENT", "development")
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = ENV_PREFIX + "_".join(str(part) for part in error["loc"]).upper()
+            print(f"fleetstream: {name}: {error['msg']}", file=sys.stderr)
+        return 2
     logs.configure(settings.log_level, stage=args.command)
+    try:
+        return _run(args, settings)
+    except FleetstreamError as exc:
+        print(f"fleetstream {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.command in STAGES:
         _stage_main(STAGES[args.command][0])(settings)

@@ -11,6 +11,7 @@ dies is restarted. Ctrl-C stops the stages in pipeline order, then the services.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import signal
@@ -18,11 +19,13 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 
 from fleetstream.db import database_name, ensure_database
 from fleetstream.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
+from fleetstream.errors import ConfigError
 from fleetstream.kafka import ensure_topics
 from fleetstream.settings import Settings
 
@@ -94,6 +97,9 @@ def stage_environment(settings: Settings, bootstrap: str, profile: str, db_url: 
             "DATABASE_URL": db_url,
             "FLEETSTREAM_STATE_DIR": str(settings.state_dir.resolve()),
             "FLEETSTREAM_LOG_LEVEL": settings.log_level,
+            "FLEETSTREAM_API_PORT": str(settings.api_port),
+            "FLEETSTREAM_WEBHOOK_PORT": str(settings.webhook_port),
+            "FLEETSTREAM_FAKE_PLATFORM_PORT": str(settings.fake_platform_port),
         }
     )
     fake_url = f"http://127.0.0.1:{settings.fake_platform_port}/route/rest"
@@ -105,6 +111,8 @@ def stage_environment(settings: Settings, bootstrap: str, profile: str, db_url: 
         "FLEETSTREAM_TRACKSOLID_USER_PWD_MD5": DEV_PWD_MD5,
         "FLEETSTREAM_TRACKSOLID_TARGET": DEV_USER,
         "FLEETSTREAM_WEBHOOK_PUSH_TOKEN": DEV_PUSH_TOKEN,
+        "FLEETSTREAM_API_HOST": "127.0.0.1",
+        "FLEETSTREAM_WEBHOOK_HOST": "127.0.0.1",
         "FLEETSTREAM_FAKE_PUSH_URL": f"http://127.0.0.1:{settings.webhook_port}",
         "FLEETSTREAM_POLL_LOCATIONS_INTERVAL_SECONDS": "10",
         "FLEETSTREAM_POLL_TRACKS_INTERVAL_SECONDS": "30",
@@ -140,7 +148,7 @@ def wait_for_api(port: int, timeout: float = 60.0) -> bool:
     return False
 
 
-def banner(settings: Settings, bootstrap: str, db_url: str) -> str:
+def banner(settings: Settings, bootstrap: str, db_url: str, state: Path) -> str:
     base = f"http://127.0.0.1:{settings.api_port}"
     return "\n".join(
         [
@@ -154,31 +162,97 @@ def banner(settings: Settings, bootstrap: str, db_url: str) -> str:
             f"  fake platform   http://127.0.0.1:{settings.fake_platform_port}/route/rest",
             f"  Kafka           {bootstrap}",
             f"  PostgreSQL      {db_url}",
+            f"  operator tools  set -a; . {state / 'dev.env'}; set +a; fleetstream lag",
             "",
         ]
     )
 
 
 def supervise(stages: list[Stage], stopping: list[bool]) -> None:
+    """Restart stages that die, waiting longer each time one keeps dying."""
+    restart_at: dict[str, float] = {}
     while not stopping:
+        now = time.monotonic()
         for stage in stages:
             code = stage.process.poll() if stage.process else None
-            if code is not None and not stopping:
+            if code is None:
+                continue
+            if stage.name not in restart_at:
+                if now - stage.started_at > HEALTHY_RUN_SECONDS:
+                    stage.restarts = 0
+                delay = min(
+                    RESTART_DELAY_SECONDS * 2**stage.restarts,
+                    MAX_RESTART_DELAY_SECONDS,
+                )
                 stage.restarts += 1
+                restart_at[stage.name] = now + delay
                 logger.error(
-                    "%s exited with code %s; restarting it (restart %d)",
+                    "%s exited with code %s; restarting it in %.0f s (restart %d)",
                     stage.name,
                     code,
+                    delay,
                     stage.restarts,
                 )
-                time.sleep(RESTART_DELAY_SECONDS)
+            elif now >= restart_at[stage.name]:
+                del restart_at[stage.name]
                 stage.start()
-        time.sleep(0.5)
+        time.sleep(0.2)
+
+
+def _lock_state(state: Path):
+    """Hold an exclusive lock on the state folder for this process's lifetime."""
+    handle = open(state / "dev.lock", "w")  # noqa: SIM115 - held until exit
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ConfigError(
+            f"another `fleetstream dev` is using {state}",
+            hint="stop it, or give this one its own FLEETSTREAM_STATE_DIR",
+        ) from None
+    return handle
+
+
+def _check_ports(settings: Settings) -> None:
+    """Refuse to start when a port the stages must listen on is taken."""
+    wanted = {
+        "FLEETSTREAM_API_PORT": settings.api_port,
+        "FLEETSTREAM_WEBHOOK_PORT": settings.webhook_port,
+        "FLEETSTREAM_FAKE_PLATFORM_PORT": settings.fake_platform_port,
+    }
+    for variable, port in wanted.items():
+        if _port_or_free(port) != port:
+            raise ConfigError(
+                f"port {port} is in use",
+                hint=f"stop what listens there or set {variable}",
+            )
+
+
+def write_env_file(path: Path, env: dict[str, str]) -> None:
+    """Write the settings operator commands need to reach this pipeline."""
+    keys = (
+        "KAFKA_BOOTSTRAP_SERVERS",
+        "DATABASE_URL",
+        "FLEETSTREAM_BROKER_PROFILE",
+        "FLEETSTREAM_ENVIRONMENT",
+        "FLEETSTREAM_TOPIC_PREFIX",
+    )
+    lines = [f"{key}={env[key]}" for key in keys if key in env]
+    path.write_text("\n".join(lines) + "\n")
 
 
 def main(settings: Settings) -> None:
     state = settings.state_dir.resolve()
     state.mkdir(parents=True, exist_ok=True)
+    lock = _lock_state(state)
+    _check_ports(settings)
+    wanted = {name.strip() for name in settings.dev_stages.split(",") if name.strip()}
+    unknown = wanted - set(STAGE_ORDER)
+    if unknown:
+        raise ConfigError(
+            f"unknown stages in FLEETSTREAM_DEV_STAGES: {sorted(unknown)}",
+            hint=f"choose among {', '.join(STAGE_ORDER)}",
+        )
     broker = postgres = None
     stages: list[Stage] = []
     stopping: list[bool] = []
@@ -213,11 +287,14 @@ def main(settings: Settings) -> None:
         asyncio.run(prepare(settings, db_url))
 
         env = stage_environment(settings, bootstrap, profile, db_url)
-        stages = [Stage(name, env) for name in STAGE_ORDER]
+        write_env_file(state / "dev.env", env)
+        stages = [
+            Stage(name, env) for name in STAGE_ORDER if name in settings.dev_stages
+        ]
         for stage in stages:
             stage.start()
-        if wait_for_api(settings.api_port):
-            print(banner(settings, bootstrap, db_url), flush=True)
+        if "api" not in wanted or wait_for_api(settings.api_port):
+            print(banner(settings, bootstrap, db_url, state), flush=True)
         else:
             logger.error("the API did not answer on port %d", settings.api_port)
         supervise(stages, stopping)
@@ -231,4 +308,5 @@ def main(settings: Settings) -> None:
             postgres.stop()
         if broker:
             broker.stop()
+        lock.close()
         logger.info("stopped")

@@ -25,6 +25,7 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import OffsetAndMetadata
 
+from fleetstream.errors import ConfigError
 from fleetstream.kafka import make_consumer
 from fleetstream.settings import Settings
 
@@ -90,14 +91,18 @@ async def high_watermarks(
         await consumer.stop()
 
 
-async def _fleetstream_groups(settings: Settings) -> list[str]:
+async def _groups(settings: Settings) -> set[str]:
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
     await admin.start()
     try:
-        groups = await admin.list_consumer_groups()
+        return {group[0] for group in await admin.list_consumer_groups()}
     finally:
         await admin.close()
-    return sorted(g[0] for g in groups if g[0].startswith(settings.topic_prefix))
+
+
+async def _fleetstream_groups(settings: Settings) -> list[str]:
+    groups = await _groups(settings)
+    return sorted(g for g in groups if g.startswith(settings.topic_prefix))
 
 
 async def _committed(
@@ -160,7 +165,13 @@ async def replay(
     """
     tps = await _partitions(settings, [topic])
     if not tps:
-        raise ValueError(f"topic {topic!r} does not exist")
+        raise ConfigError(f"topic {topic!r} does not exist")
+    groups = await _groups(settings)
+    if group not in groups:
+        raise ConfigError(
+            f"consumer group {group!r} does not exist",
+            hint="known groups: " + (", ".join(sorted(groups)) or "none"),
+        )
     client_id = f"fleetstream-replay-{uuid.uuid4().hex[:6]}"
     consumer = make_consumer(settings, group_id=group, client_id=client_id)
     await consumer.start()

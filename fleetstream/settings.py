@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fleetstream.errors import ConfigError
 
 ENV_PREFIX = "FLEETSTREAM_"
 PLACEHOLDER_SECRET = "change-me"
@@ -141,6 +143,8 @@ class Settings(BaseSettings):
     # Embedded services started by `fleetstream dev` (development only)
     dev_broker_port: int = 19092
     dev_postgres_port: int = 15432
+    # Comma-separated stages `fleetstream dev` runs (all by default).
+    dev_stages: str = "api,sink,process,webhook,poll,fake-platform"
 
     # Fake platform (development and tests only)
     fake_platform_host: str = "127.0.0.1"
@@ -171,17 +175,19 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown IANA time zone {value!r}") from exc
         return value
 
-    @model_validator(mode="after")
-    def _no_placeholder_secrets_in_production(self) -> Settings:
-        if (
-            self.environment == "production"
-            and self.webhook_push_token.get_secret_value() == PLACEHOLDER_SECRET
-        ):
-            raise ValueError(
-                "FLEETSTREAM_WEBHOOK_PUSH_TOKEN is the placeholder; set the token "
-                "agreed with Jimi before running in production"
+    def require_push_token(self) -> str:
+        """Return the webhook push token; refuse the placeholder in production.
+
+        Only the webhook stage needs the token, so only it calls this: operator
+        commands (lag, replay, migrate) run without it.
+        """
+        token = self.webhook_push_token.get_secret_value()
+        if self.environment == "production" and token == PLACEHOLDER_SECRET:
+            raise ConfigError(
+                "FLEETSTREAM_WEBHOOK_PUSH_TOKEN is the placeholder",
+                hint="set the token agreed with Jimi before running in production",
             )
-        return self
+        return token
 
     def to_env(self) -> dict[str, str]:
         """Return environment variables that rebuild these settings in a child."""

@@ -514,6 +514,7 @@ def create_app(settings: Settings, producer: AIOKafkaProducer | None = None) -> 
 
 def main(settings: Settings) -> None:
     """Serve the receiver until SIGTERM or SIGINT."""
+    settings.require_push_token()
 
     async def serve(stop: asyncio.Event) -> None:
         try:

@@ -10,6 +10,7 @@ a template migrated once per session.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -49,10 +50,13 @@ def pg_server(state_dir):
     if url:
         yield with_database(url, "postgres")
         return
+    # Not under pytest's tmp_path: the server runs as another user, and pytest
+    # keeps its base folder private to the user running the tests.
     server = EmbeddedPostgres(Path("/tmp") / f"fs-pg-{os.getpid()}", free_port())
     server.start()
     yield server.url
     server.stop()
+    shutil.rmtree(server.data_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

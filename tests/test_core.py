@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from fleetstream.codec import codec
-from fleetstream.errors import ContractError
+from fleetstream.errors import ConfigError, ContractError
 from fleetstream.settings import Settings
 from fleetstream.topics import ALL_TOPICS, raw_kind
 
@@ -27,9 +27,12 @@ def test_well_known_variables_are_read_without_prefix(monkeypatch):
 
 def test_production_refuses_the_placeholder_push_token(monkeypatch):
     monkeypatch.delenv("FLEETSTREAM_WEBHOOK_PUSH_TOKEN", raising=False)
-    with pytest.raises(ValidationError, match="PUSH_TOKEN"):
-        Settings(environment="production")
-    Settings(environment="production", webhook_push_token="agreed-with-jimi")
+    with pytest.raises(ConfigError, match="PUSH_TOKEN"):
+        Settings(environment="production").require_push_token()
+    agreed = Settings(environment="production", webhook_push_token="agreed")
+
+    assert agreed.require_push_token() == "agreed"
+    assert Settings(environment="development").require_push_token() == "change-me"
 
 
 def test_unknown_time_zone_is_refused():

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from aiokafka import TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
+from fleetstream.errors import ConfigError
 from fleetstream.kafka import ensure_topics, make_consumer, make_producer
 from fleetstream.ops import consumer_lag, follow, high_watermarks, replay
 from fleetstream.topics import spec
@@ -136,3 +138,14 @@ async def test_replay_rewinds_a_group_whose_members_have_just_stopped(make_setti
 
     assert rewound == 6
     assert row.committed == 0 and row.lag == 6
+
+
+async def test_replay_refuses_an_unknown_group_or_topic(make_settings):
+    settings = make_settings()
+    topic = spec("raw", "position").name(settings)
+    await ensure_topics(settings, (spec("raw", "position"),))
+
+    with pytest.raises(ConfigError, match="does not exist"):
+        await replay(settings, group=f"{settings.topic_prefix}.nosuch", topic=topic)
+    with pytest.raises(ConfigError, match="does not exist"):
+        await replay(settings, group="any", topic=f"{settings.topic_prefix}.nosuch")
