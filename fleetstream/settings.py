@@ -104,9 +104,13 @@ class Settings(BaseSettings):
     process_concurrency: int = 2
     process_batch_max_records: int = 5000
     process_batch_max_wait_ms: int = 20
-    # Memory of recent fixes per device, to drop repeats before the sink does.
+    # Memory of recent fixes per device, to drop repeats before the sink does:
+    # every fix within the horizon of the device's newest one, at most
+    # fixes_per_device of them. The horizon covers a track poll's overlap plus
+    # its interval, the oldest fix a track poll re-sends.
     process_dedupe_devices: int = 20_000
-    process_dedupe_fixes_per_device: int = 16
+    process_dedupe_fixes_per_device: int = 1024
+    process_dedupe_horizon_seconds: float = 9000.0
 
     # Derived facts: distance, trips, daily mileage (processors.derived)
     distance_pos_types: str = "GPS"
