@@ -4,7 +4,7 @@ For each schema, encodes and decodes the same realistic records with both
 libraries (schema-less binary bodies, as ``fleetstream.codec`` writes after its
 10-byte header) and prints records/s and the fastavro / avro ratio. Times are
 passed as datetimes, which both libraries accept for ``timestamp-millis``.
-Run: ``python -m bench.bench_codec``.
+Run: ``python -m bench.bench_codec [--seconds S] [--figures PATH]``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import avro.schema
 import fastavro
 from fastavro.schema import parse_schema
 
+from bench.figures import Figure, write_figures
 from fleetstream.codec import SCHEMA_DIR
 
 AT = datetime(2025, 3, 10, 5, 12, 40, tzinfo=UTC)
@@ -130,8 +131,9 @@ def same_bytes(schema: dict, record: dict) -> bool:
     return fast.getvalue() == slow.getvalue()
 
 
-def main(seconds: float) -> None:
+def main(seconds: float) -> list[Figure]:
     """Print both rates and their ratio for every benchmarked schema."""
+    figures = []
     print(f"{'schema':<12}{'avro rec/s':>14}{'fastavro rec/s':>16}{'ratio':>8}  bytes")
     for name, record in RECORDS.items():
         schema = json.loads((SCHEMA_DIR / f"{name}.avsc").read_text())
@@ -139,9 +141,15 @@ def main(seconds: float) -> None:
         fast = fastavro_rate(schema, record, seconds)
         same = "identical" if same_bytes(schema, record) else "DIFFER"
         print(f"{name:<12}{slow:>14,.0f}{fast:>16,.0f}{fast / slow:>8.1f}  {same}")
+        if same != "identical":
+            raise RuntimeError(f"fastavro and avro write {name} differently")
+        figures.append(Figure(f"codec {name} fastavro vs avro", "rec/s", fast, slow))
+    return figures
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=1.0, help="per library")
-    main(parser.parse_args().seconds)
+    parser.add_argument("--figures", help="also write the headline figures here")
+    args = parser.parse_args()
+    write_figures(args.figures, main(args.seconds))

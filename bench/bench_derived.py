@@ -11,7 +11,7 @@ Starts an embedded broker (unless ``KAFKA_BOOTSTRAP_SERVERS`` is set), fills
 * the state written per fix, and the time a fresh worker takes to recover the
   state of every device.
 
-Run: ``python -m bench.bench_derived [--fixes N]``.
+Run: ``python -m bench.bench_derived [--fixes N] [--figures PATH]``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import time
 import uuid
 from pathlib import Path
 
+from bench.figures import Figure, write_figures
 from fleetstream.codec import codec
 from fleetstream.embedded import EmbeddedBroker, free_port
 from fleetstream.kafka import ensure_topics, make_producer
@@ -122,7 +123,7 @@ async def recovery_seconds(settings: Settings) -> tuple[float, float]:
     return elapsed, worker.recovery_seconds
 
 
-async def main(fixes: int, servers: str, profile: str, state_dir: Path) -> None:
+async def main(fixes: int, servers: str, profile: str, state_dir: Path) -> list[Figure]:
     messages = positions(fixes)
     rates = {}
     for label, batch_bytes in (("batched", 262_144), ("one record per batch", 1)):
@@ -145,11 +146,21 @@ async def main(fixes: int, servers: str, profile: str, state_dir: Path) -> None:
     print(f"{'restart to ready':>22}: {ready:9.2f} s (group join included)")
     print(f"{'state recovery':>22}: {recovery:9.2f} s ({DEVICES} devices)")
     print(f"{'ratio':>22}: {rates['batched'] / rates['one record per batch']:9.1f}x")
+    return [
+        Figure(
+            "derived worker, batched vs 1 rec/batch",
+            "fixes/s",
+            rates["batched"],
+            rates["one record per batch"],
+        ),
+        Figure("derived state recovery", "s", recovery, on_ratio=False),
+    ]
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--fixes", type=int, default=40_000)
+    parser.add_argument("--figures", help="also write the headline figures here")
     args = parser.parse_args()
     servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     with tempfile.TemporaryDirectory() as tmp:
@@ -160,7 +171,8 @@ if __name__ == "__main__":
         else:
             profile = os.environ.get("FLEETSTREAM_BROKER_PROFILE", "kafka")
         try:
-            asyncio.run(main(args.fixes, servers, profile, Path(tmp)))
+            figures = asyncio.run(main(args.fixes, servers, profile, Path(tmp)))
         finally:
             if broker is not None:
                 broker.stop()
+    write_figures(args.figures, figures)

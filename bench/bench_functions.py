@@ -15,7 +15,8 @@ once each, what the API's refresh loop runs (v_trips, daily mileage,
 partitions). Uses
 ``DATABASE_URL`` (a server where databases may be created) or starts the
 embedded PostgreSQL. Run: ``python -m bench.bench_functions
---vehicles 50 --days 2`` for a quick look.
+--vehicles 50 --days 2`` for a quick look; ``--figures PATH`` also writes the
+headline figures there.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import asyncpg
 
+from bench.figures import Figure, write_figures
 from fleetstream.db import with_database
 from fleetstream.embedded import EmbeddedPostgres, free_port
 from migrations.runner import migrate
@@ -142,7 +144,7 @@ async def timed(
     return times, json.loads(plan)[0]["Execution Time"], rows
 
 
-def report(name: str, times: list[float], server_ms: float, rows: int) -> None:
+def report(name: str, times: list[float], server_ms: float, rows: int) -> Figure:
     ordered = sorted(times)
     p95 = ordered[max(0, round(0.95 * len(ordered)) - 1)]
     median = statistics.median(ordered)
@@ -151,6 +153,7 @@ def report(name: str, times: list[float], server_ms: float, rows: int) -> None:
         f"{name:<40} rows {rows:>6}  server {server_ms:6.1f} ms  "
         f"client median {median:6.1f} p95 {p95:6.1f} ms  {verdict}"
     )
+    return Figure(f"{name} p95", "ms", p95, maximum=TARGET_MS, on_ratio=False)
 
 
 async def time_refreshes(conn) -> None:
@@ -173,7 +176,7 @@ async def time_refreshes(conn) -> None:
         print(f"{name:<40} rows {rows:>6}  took {took * 1000:9.1f} ms")
 
 
-async def bench(url: str, args: argparse.Namespace) -> None:
+async def bench(url: str, args: argparse.Namespace) -> list[Figure]:
     await migrate(url)
     conn = await asyncpg.connect(url, server_settings={"timezone": "UTC"})
     try:
@@ -194,47 +197,59 @@ async def bench(url: str, args: argparse.Namespace) -> None:
         print(
             f"{args.vehicles} vehicles x {args.days} days x {args.interval_seconds} s"
         )
-        report(
-            "fn_vehicle_track(plate, 24)",
-            *await timed(
-                conn,
-                args.runs,
-                "SELECT * FROM reporting.fn_vehicle_track($1, $2)",
-                *track_args,
-            ),
+        figures = []
+        figures.append(
+            report(
+                "fn_vehicle_track(plate, 24)",
+                *await timed(
+                    conn,
+                    args.runs,
+                    "SELECT * FROM reporting.fn_vehicle_track($1, $2)",
+                    *track_args,
+                ),
+            )
         )
-        report(
-            "fn_trips_for_map(all, whole period)",
-            *await timed(
-                conn,
-                args.runs,
-                "SELECT * FROM reporting.fn_trips_for_map("
-                "NULL, NULL, NULL, NULL, $1, $2)",
-                (first, now),
-            ),
+        figures.append(
+            report(
+                "fn_trips_for_map(all, whole period)",
+                *await timed(
+                    conn,
+                    args.runs,
+                    "SELECT * FROM reporting.fn_trips_for_map("
+                    "NULL, NULL, NULL, NULL, $1, $2)",
+                    (first, now),
+                ),
+            )
         )
-        report(
-            "fn_trips_for_map(one cost centre, 1 day)",
-            *await timed(
-                conn,
-                args.runs,
-                "SELECT * FROM reporting.fn_trips_for_map(NULL, NULL, 'Cost centre 3', "
-                "NULL, $1, $2)",
-                (now - (now - first) / args.days, now),
-            ),
+        figures.append(
+            report(
+                "fn_trips_for_map(one cost centre, 1 day)",
+                *await timed(
+                    conn,
+                    args.runs,
+                    "SELECT * FROM reporting.fn_trips_for_map("
+                    "NULL, NULL, 'Cost centre 3', NULL, $1, $2)",
+                    (now - (now - first) / args.days, now),
+                ),
+            )
         )
-        report(
-            "fn_live_positions(NULL, NULL)",
-            *await timed(
-                conn, args.runs, "SELECT * FROM reporting.fn_live_positions(NULL, NULL)"
-            ),
+        figures.append(
+            report(
+                "fn_live_positions(NULL, NULL)",
+                *await timed(
+                    conn,
+                    args.runs,
+                    "SELECT * FROM reporting.fn_live_positions(NULL, NULL)",
+                ),
+            )
         )
         await time_refreshes(conn)
+        return figures
     finally:
         await conn.close()
 
 
-async def main(args: argparse.Namespace) -> None:
+async def main(args: argparse.Namespace) -> list[Figure]:
     server_url = os.environ.get("DATABASE_URL")
     server = None
     if not server_url:
@@ -247,7 +262,7 @@ async def main(args: argparse.Namespace) -> None:
     await admin.execute(f'CREATE DATABASE "{name}"')
     await admin.close()
     try:
-        await bench(with_database(server_url, name), args)
+        return await bench(with_database(server_url, name), args)
     finally:
         if not args.keep:
             admin = await asyncpg.connect(with_database(server_url, "postgres"))
@@ -264,8 +279,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--interval-seconds", type=int, default=30)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--keep", action="store_true", help="keep the database")
+    parser.add_argument("--figures", help="also write the headline figures here")
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
-    asyncio.run(main(parse_args()))
+    arguments = parse_args()
+    write_figures(arguments.figures, asyncio.run(main(arguments)))

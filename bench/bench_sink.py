@@ -1,6 +1,6 @@
 """Measure the position sink against a raw COPY of the same rows.
 
-    python -m bench.bench_sink [ROWS] [--devices N] [--batch N]
+    python -m bench.bench_sink [ROWS] [--devices N] [--batch N] [--figures PATH]
 
 Both figures come from the same run, the same database and the same table,
 ``tracksolid.position_history``: first one asyncpg ``copy_records_to_table`` of
@@ -11,11 +11,17 @@ its first batch to its last offset commit, so the group join is left out. A
 second group then replays the topic over the stored rows, which measures the
 path where every key already exists.
 
+Last, one and then two sink processes in one consumer group read the topic
+(``topic_partitions`` partitions) into the emptied tables. Each process joins
+the group with its partitions paused and starts only once the group holds every
+partition, so the figure is the group's steady rate: rows over the time from
+the first batch of any member to the last offset commit of all.
+
 The sink does not reach the 0.6 target ratio on a small machine: decoding each
 Avro record in Python alone is slower than PostgreSQL's COPY (the "decode alone"
-line), and fetching from Kafka comes on top. Scaling out is the way past it:
-more sink processes in the same group split the partitions between them (not
-measured here).
+line), and fetching from Kafka comes on top. Scaling out is the way past it on
+a machine with cores to spare: more sink processes in the same group split the
+partitions between them.
 
 Uses ``KAFKA_BOOTSTRAP_SERVERS`` and ``DATABASE_URL`` when set (a database is
 created there and dropped at the end); otherwise starts the embedded broker and
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import tempfile
 import time
@@ -36,6 +43,7 @@ from pathlib import Path
 
 import asyncpg
 
+from bench.figures import Figure, write_figures
 from fleetstream.codec import codec
 from fleetstream.db import with_database
 from fleetstream.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
@@ -47,6 +55,7 @@ from sinks.sink import Sink
 
 START = datetime(2026, 3, 2, tzinfo=UTC)
 TARGET_RATIO = 0.6
+GROUP_START_TIMEOUT_SECONDS = 120.0
 
 
 def positions(count: int, devices: int) -> list[dict]:
@@ -180,7 +189,118 @@ async def run_sink(settings: Settings, expected: int, group_id=None) -> Sink:
     return sink
 
 
-async def bench(rows: int, devices: int, batch: int) -> float:
+class GatedSink(Sink):
+    """A sink that holds its partitions paused until ``go`` is set.
+
+    It reports how many partitions it holds in ``held`` and how many records it
+    has written in ``written``, so that the parent process can start every
+    member of the group at once and stop them when the topic is written.
+    """
+
+    def __init__(self, settings: Settings, group_id: str, held, written, go):
+        super().__init__(
+            settings, POSITION, stats_interval_seconds=3600, group_id=group_id
+        )
+        self._held, self._written, self._go = held, written, go
+
+    async def _consume(self, stop: asyncio.Event) -> None:
+        consumer = self._consumer
+        while not self._go.is_set() and not stop.is_set():
+            consumer.pause(*consumer.assignment())
+            fetched = await consumer.getmany(timeout_ms=50)
+            for tp, records in fetched.items():
+                # Assigned since the last pause and so not paused: read it later.
+                consumer.seek(tp, records[0].offset)
+            self._held.value = len(consumer.assignment())
+        consumer.resume(*consumer.assignment())
+        report = asyncio.create_task(self._report(stop))
+        try:
+            await super()._consume(stop)
+        finally:
+            report.cancel()
+
+    async def _report(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self._written.value = self.stats.records
+            await asyncio.sleep(0.02)
+
+
+def group_member(options: dict, group_id: str, held, written, go, done, out) -> None:
+    """Run one ``GatedSink`` in this process until ``done``; put its timings."""
+
+    async def member() -> None:
+        sink = GatedSink(Settings(**options), group_id, held, written, go)
+        stop = asyncio.Event()
+        task = asyncio.create_task(sink.run(stop))
+        while not done.is_set() and not task.done():
+            await asyncio.sleep(0.02)
+        stop.set()
+        await task
+        written.value = sink.stats.records
+        out.put((sink.stats.first_batch_at, sink.stats.last_commit_at))
+
+    asyncio.run(member())
+
+
+async def group_rate(settings: Settings, processes: int, rows: int) -> float:
+    """Return rows/s of ``processes`` sink processes in one group, tables emptied.
+
+    Timings from different processes are comparable because ``time.monotonic``
+    reads the machine's one monotonic clock on Linux.
+    """
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute(
+            "TRUNCATE tracksolid.position_history, tracksolid.live_positions"
+        )
+    finally:
+        await conn.close()
+    spawn = multiprocessing.get_context("spawn")
+    go, done, out = spawn.Event(), spawn.Event(), spawn.Queue()
+    held = [spawn.Value("i", 0) for _ in range(processes)]
+    written = [spawn.Value("q", 0) for _ in range(processes)]
+    group_id = f"{settings.topic_prefix}.group{processes}"
+    options = settings.model_dump()
+    members = [
+        spawn.Process(
+            target=group_member,
+            args=(options, group_id, held[n], written[n], go, done, out),
+        )
+        for n in range(processes)
+    ]
+    for member in members:
+        member.start()
+    try:
+        deadline = time.monotonic() + GROUP_START_TIMEOUT_SECONDS
+        partitions = settings.topic_partitions
+        while not (
+            all(h.value for h in held) and sum(h.value for h in held) == partitions
+        ):
+            if time.monotonic() > deadline or not all(m.is_alive() for m in members):
+                raise RuntimeError(f"{processes} sinks did not share the partitions")
+            await asyncio.sleep(0.05)
+        go.set()
+        while sum(w.value for w in written) < rows:
+            if not all(m.is_alive() for m in members):
+                raise RuntimeError("a sink process ended before the topic was written")
+            await asyncio.sleep(0.02)
+    finally:
+        done.set()
+        timings = [await asyncio.to_thread(out.get, True, 60) for _ in members]
+        for member in members:
+            member.join(30)
+    if sum(w.value for w in written) != rows:
+        raise RuntimeError(f"{processes} sinks wrote {[w.value for w in written]}")
+    share = ", ".join(str(w.value) for w in written)
+    seconds = max(t[1] for t in timings) - min(t[0] for t in timings)
+    print(
+        f"sink x{processes} in one group {seconds:8.3f} s  {rows / seconds:10.0f} "
+        f"rows/s (rows per process: {share})"
+    )
+    return rows / seconds
+
+
+async def bench(rows: int, devices: int, batch: int) -> list[Figure]:
     fixes = positions(rows, devices)
     async with AsyncExitStack() as stack:
         servers, profile, server_url = await stack.enter_async_context(services())
@@ -200,6 +320,8 @@ async def bench(rows: int, devices: int, batch: int) -> float:
         copy_s = await raw_copy_seconds(url, [getter(fix) for fix in fixes])
         sink = await run_sink(settings, rows)
         replay = await run_sink(settings, rows, f"{settings.topic_prefix}.replay")
+        one = await group_rate(settings, 1, rows)
+        two = await group_rate(settings, 2, rows)
 
     history = sink.stats.rows_by_table["tracksolid.position_history"]
     if history != rows or replay.stats.rows_written:
@@ -218,7 +340,23 @@ async def bench(rows: int, devices: int, batch: int) -> float:
     print(f"sink replay          {report(replay, rows)}  (every row already stored)")
     verdict = "meets" if ratio >= TARGET_RATIO else "below"
     print(f"ratio sink/COPY      {ratio:8.2f}  ({verdict} the {TARGET_RATIO} target)")
-    return ratio
+    print(f"two processes / one  {two / one:8.2f}")
+    return [
+        Figure(
+            "sink / raw COPY",
+            "rows/s",
+            rows / elapsed(sink),
+            rows / copy_s,
+            minimum=TARGET_RATIO,
+        ),
+        Figure(
+            "Avro decode alone / raw COPY", "rows/s", rows / decode_s, rows / copy_s
+        ),
+        Figure(
+            "sink replay / raw COPY", "rows/s", rows / elapsed(replay), rows / copy_s
+        ),
+        Figure("2 sink processes / 1 (one group)", "rows/s", two, one),
+    ]
 
 
 def elapsed(sink: Sink) -> float:
@@ -245,8 +383,9 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         default=Settings.model_fields["sink_batch_max_records"].default,
     )
+    parser.add_argument("--figures", help="also write the headline figures here")
     args = parser.parse_args(argv)
-    asyncio.run(bench(args.rows, args.devices, args.batch))
+    write_figures(args.figures, asyncio.run(bench(args.rows, args.devices, args.batch)))
 
 
 if __name__ == "__main__":

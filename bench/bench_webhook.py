@@ -11,7 +11,7 @@ bodies of 50 records from the recorded traces, then measures:
 
 Both runs write to their own topic prefix and both are checked to have stored
 every record. Prints pushes/s, records/s and the receiver/baseline ratio.
-Run: ``python -m bench.bench_webhook [--clients 16] [--pushes 400]``.
+Run: ``python -m bench.bench_webhook [--clients 16] [--pushes 400] [--figures P]``.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from urllib.parse import urlencode
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from bench.figures import Figure, write_figures
 from fakeplatform.pusher import gps_record
 from fakeplatform.traces import Replay, load_traces
 from fleetstream.codec import codec
@@ -157,7 +158,7 @@ def start_receiver(settings: Settings, port: int, log: Path) -> subprocess.Popen
     return process
 
 
-async def main(clients: int, pushes: int) -> None:
+async def main(clients: int, pushes: int) -> list[Figure]:
     state = Path(tempfile.mkdtemp(prefix="bench-webhook-"))
     servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     broker = None
@@ -215,11 +216,15 @@ async def main(clients: int, pushes: int) -> None:
         f"{recv_rate:9.0f} records/s  stored {stored_recv}/{records}"
     )
     print(f"ratio receiver/baseline (records/s): {recv_rate / base_rate:.2f}")
+    if stored_base != records or stored_recv != records:
+        raise RuntimeError("a run did not store every record it was sent")
+    return [Figure("webhook receiver vs bare producer", "rec/s", recv_rate, base_rate)]
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--pushes", type=int, default=400)
+    parser.add_argument("--figures", help="also write the headline figures here")
     args = parser.parse_args()
-    asyncio.run(main(args.clients, args.pushes))
+    write_figures(args.figures, asyncio.run(main(args.clients, args.pushes)))
