@@ -32,8 +32,9 @@ test: install browser
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
+# Every benchmark at a modest scale; BENCH_ARGS=--full for the real one.
 bench: install
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .fleetstream
