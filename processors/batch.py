@@ -144,9 +144,11 @@ class RawCleaner(Service):
     async def _log_counts(self) -> None:
         counts = self.router.counts
         logger.info(
-            "cleaned so far: %d positions, %d dead letters, %d repeats dropped",
+            "cleaned so far: %d positions, %d dead letters (%d of unknown origin), "
+            "%d repeats dropped",
             counts["position"],
             counts["deadletter"],
+            self.router.no_cleaner,
             counts["duplicate"],
         )
 

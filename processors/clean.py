@@ -13,6 +13,7 @@ reports them. Ignition is True, False or None (the record did not say).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
@@ -28,6 +29,12 @@ from processors.trips import PLATFORM, trip_id
 # No Tracksolid device reports before this; older times are unset device clocks.
 EARLIEST_PLAUSIBLE_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
 IMEI_LENGTH = 15
+# An IMEI is exactly 15 ASCII digits. Every Tracksolid device reports one; 14
+# digits (no check digit) and 16/17 (IMEISV) never appear on this platform, and
+# str.isdigit would let Arabic-Indic or full-width digits through. The Luhn check
+# digit is not verified: some trackers ship with IMEIs that fail it, and
+# rejecting them would drop a real vehicle's data.
+IMEI_PATTERN = re.compile(r"[0-9]{15}")
 METRES_PER = {"km": 1000.0, "m": 1.0}
 
 
@@ -85,8 +92,8 @@ def device_imei(raw: Raw, record: dict | None = None) -> str:
     imei = f.text(value) if value is not None else f.text(raw.imei)
     if imei is None:
         raise RejectedRecord("no IMEI in the record or its envelope")
-    if len(imei) != IMEI_LENGTH or not imei.isdigit():
-        raise RejectedRecord(f"IMEI is not {IMEI_LENGTH} digits: {imei!r:.20}")
+    if IMEI_PATTERN.fullmatch(imei) is None:
+        raise RejectedRecord(f"IMEI is not {IMEI_LENGTH} ASCII digits: {imei!r:.20}")
     return imei
 
 
@@ -333,9 +340,13 @@ def _json_object(value: object, field: str) -> dict:
     """Return a JSON object sent either as an object or as JSON text."""
     if isinstance(value, dict):
         return value
+    if not isinstance(value, str | bytes):
+        raise RejectedRecord(f"{field} is not JSON")
     try:
-        parsed = json.loads(value)
-    except (TypeError, ValueError):
+        # orjson, like the payload reader: integers past 64 bits and NaN are not
+        # JSON numbers the platform sends, so they are refused here too.
+        parsed = orjson.loads(value)
+    except orjson.JSONDecodeError:
         raise RejectedRecord(f"{field} is not JSON") from None
     if not isinstance(parsed, dict):
         raise RejectedRecord(f"{field} is not a JSON object")
@@ -401,7 +412,7 @@ def _cells(value: object) -> list[dict]:
         if len(parts) not in (2, 3):
             raise RejectedRecord(f"cellList entry is not LAC,CI,RSSI: {entry!r:.40}")
         lac = f.integer(parts[0], "cellList LAC")
-        cell_id = f.integer(parts[1], "cellList CI")
+        cell_id = f.integer(parts[1], "cellList CI", f.INT64)
         if lac is None or cell_id is None:
             raise RejectedRecord(f"cellList entry lacks LAC or CI: {entry!r:.40}")
         signal = f.integer(parts[2], "cellList RSSI") if len(parts) == 3 else None
@@ -438,7 +449,7 @@ def clean_obd(raw: Raw, ctx: CleanContext) -> dict:
         "reading_time": event_time(
             f.first(p, "dataReportTime", "gateTime"), "dataReportTime", raw, ctx
         ),
-        "rpm": None if rpm is None else int(round(rpm)),
+        "rpm": None if rpm is None else f.bounded(round(rpm), "currentRPM", f.INT32),
         **values,
         "vin": f.text(p.get("vin")),
         "extra": _detail(extra) if extra else None,
@@ -510,8 +521,8 @@ def clean_parking(raw: Raw, ctx: CleanContext) -> dict:
         "kind": "idling" if acc_on else "parking",
         "start_time": event_time(p.get("startTime"), "startTime", raw, ctx),
         "end_time": event_time(p.get("endTime"), "endTime", raw, ctx, required=False),
-        "duration_s": f.integer(p.get("durSecond"), "durSecond"),
-        "stop_s": f.integer(p.get("stopSecond"), "stopSecond"),
+        "duration_s": f.integer(p.get("durSecond"), "durSecond", f.INT64),
+        "stop_s": f.integer(p.get("stopSecond"), "stopSecond", f.INT64),
         "lat": lat,
         "lng": lng,
         "address": f.text(p.get("addr")),
@@ -539,7 +550,9 @@ def clean_trip(raw: Raw, ctx: CleanContext) -> dict:
         raise RejectedRecord("distance is missing or negative")
     start_lat, start_lng = optional_coordinates(p, "startLat", "startLng")
     end_lat, end_lng = optional_coordinates(p, "endLat", "endLng")
-    run_time = f.integer(f.first(p, "runTimeSecond", "elapsed"), "runTimeSecond")
+    run_time = f.integer(
+        f.first(p, "runTimeSecond", "elapsed"), "runTimeSecond", f.INT64
+    )
     return {
         "trip_id": trip_id(imei, start, PLATFORM),
         "imei": imei,

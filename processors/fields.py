@@ -10,6 +10,7 @@ reader here treats ``None`` and ``""`` (after trimming) as missing and raises
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -20,6 +21,18 @@ UNIX_MS_THRESHOLD = 100_000_000_000
 
 ACC_ON_VALUES = frozenset({"1", "on", "true", "acc_on"})
 ACC_OFF_VALUES = frozenset({"0", "off", "false", "acc_off"})
+
+# Python's float() and int() read any Unicode digit ("٣" is 3) and underscores;
+# the platform sends ASCII, so anything else in a number is not a number.
+ASCII_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+ASCII_DIGITS = re.compile(r"[0-9]+")
+# No platform reading comes near this; larger values are corrupt, not data.
+NUMBER_LIMIT = 1e15
+# Avro's int and long, the widths of every integer field of the clean schemas.
+INT32 = (-(2**31), 2**31 - 1)
+INT64 = (-(2**63), 2**63 - 1)
+# Times outside these years are corrupt: no record, registry date included, is.
+EPOCH_MS_RANGE = (-2_208_988_800_000, 7_258_118_400_000)  # 1900 to 2200 UTC
 
 POS_TYPE_BY_CODE = {1: "GPS", 2: "LBS", 3: "WIFI", 5: "BEACON"}
 POS_TYPE_NAMES = frozenset({"GPS", "LBS", "WIFI", "BEACON"})
@@ -42,34 +55,72 @@ def first(record: dict, *names: str) -> object:
 
 
 def number(value: object, field: str) -> float | None:
-    """Return a finite float from a number or numeric string; None when missing."""
+    """Return a finite float within ``NUMBER_LIMIT`` from a number or ASCII text.
+
+    None when missing.
+    """
     cls = value.__class__
     # Fast path for JSON numbers; x - x is 0.0 only for finite x.
-    if cls is float and value - value == 0.0:
+    if cls is float and value - value == 0.0 and -NUMBER_LIMIT <= value <= NUMBER_LIMIT:
         return value
-    if cls is int:
+    if cls is int and -NUMBER_LIMIT <= value <= NUMBER_LIMIT:
         return float(value)
     if not present(value):
         return None
     if isinstance(value, bool):
         raise RejectedRecord(f"{field} is a boolean, expected a number")
+    if isinstance(value, str):
+        stripped = value.strip()
+        if ASCII_NUMBER.fullmatch(stripped) is None:
+            raise RejectedRecord(
+                f"{field} is not a number (ASCII decimal expected): {value!r:.40}"
+            )
+        value = stripped
+    elif not isinstance(value, int | float):
+        raise RejectedRecord(f"{field} is a {type(value).__name__}, expected a number")
     try:
-        result = float(value.strip() if isinstance(value, str) else value)
-    except (TypeError, ValueError):
-        raise RejectedRecord(f"{field} is not a number: {value!r:.40}") from None
-    if not math.isfinite(result):
+        result = float(value)
+    except OverflowError:
+        result = math.inf
+    if math.isnan(result):
         raise RejectedRecord(f"{field} is not a finite number: {value!r:.40}")
+    if not -NUMBER_LIMIT <= result <= NUMBER_LIMIT:
+        raise RejectedRecord(
+            f"{field} is out of range: {_kind(value)}, allowed "
+            f"-{NUMBER_LIMIT:.0e}..{NUMBER_LIMIT:.0e}"
+        )
     return result
 
 
-def integer(value: object, field: str) -> int | None:
-    """Return an int from a whole number or numeric string; None when missing."""
+def _kind(value: object) -> str:
+    """Return a short description of an unusable number, never its whole text."""
+    if isinstance(value, int):
+        # str() of a huge int is slow and refused past 4300 digits.
+        digits = int(value.bit_length() * 0.30103) + 1
+        return str(value) if digits <= 20 else f"an integer of about {digits} digits"
+    if isinstance(value, str) and len(value) > 40:
+        return f"a number written in {len(value)} characters"
+    return repr(value)
+
+
+def integer(value: object, field: str, bounds: tuple[int, int] = INT32) -> int | None:
+    """Return an int within ``bounds`` (Avro int by default); None when missing."""
     result = number(value, field)
     if result is None:
         return None
     if not result.is_integer():
         raise RejectedRecord(f"{field} is not a whole number: {value!r:.40}")
-    return int(result)
+    return bounded(int(result), field, bounds)
+
+
+def bounded(result: int, field: str, bounds: tuple[int, int]) -> int:
+    """Return ``result`` when it lies within ``bounds``; reject it otherwise."""
+    low, high = bounds
+    if not low <= result <= high:
+        raise RejectedRecord(
+            f"{field} is out of range: {result}, allowed {low}..{high}"
+        )
+    return result
 
 
 def text(value: object) -> str | None:
@@ -130,7 +181,7 @@ def pos_type(value: object) -> str:
         name = value.strip().upper().replace("-", "")
         if name in POS_TYPE_NAMES:
             return name
-        if not name.isdigit():
+        if ASCII_DIGITS.fullmatch(name) is None:
             return "UNKNOWN"
     try:
         return POS_TYPE_BY_CODE.get(int(float(value)), "UNKNOWN")
@@ -152,12 +203,21 @@ def epoch_ms(value: object, field: str, zone: ZoneInfo) -> int | None:
         raise RejectedRecord(f"{field} is a boolean, expected a time")
     if isinstance(value, str):
         stripped = value.strip()
-        if not stripped.replace(".", "", 1).isdigit():
-            return _parse_datetime(stripped, field, zone)
+        if ASCII_NUMBER.fullmatch(stripped) is None:
+            return _in_time_range(_parse_datetime(stripped, field, zone), value, field)
     seconds = number(value, field)
-    if seconds >= UNIX_MS_THRESHOLD:
-        return int(seconds)
-    return int(round(seconds * 1000))
+    if abs(seconds) >= UNIX_MS_THRESHOLD:
+        return _in_time_range(int(seconds), value, field)
+    return _in_time_range(int(round(seconds * 1000)), value, field)
+
+
+def _in_time_range(ms: int, value: object, field: str) -> int:
+    low, high = EPOCH_MS_RANGE
+    if not low <= ms < high:
+        raise RejectedRecord(
+            f"{field} is out of range: {value!r:.40}, allowed years 1900..2199"
+        )
+    return ms
 
 
 def _parse_datetime(value: str, field: str, zone: ZoneInfo) -> int:
@@ -167,7 +227,13 @@ def _parse_datetime(value: str, field: str, zone: ZoneInfo) -> int:
         raise RejectedRecord(f"{field} is not a time: {value!r:.40}") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=zone)
-    return int(parsed.timestamp() * 1000)
+    try:
+        return int(parsed.timestamp() * 1000)
+    except (OverflowError, ValueError):
+        # Year 1 or 9999 moved by its offset leaves the calendar.
+        raise RejectedRecord(
+            f"{field} is out of range: {value!r:.40}, allowed years 1900..2199"
+        ) from None
 
 
 def iso(ms: int) -> str:

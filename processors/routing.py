@@ -57,8 +57,10 @@ CLEANERS: dict[str, tuple[str, Cleaner]] = {
     "fuel": ("fuel", clean.clean_fuel),
 }
 
-# Raw kinds with no clean contract: kept on their raw topic, not read here.
-UNREAD_RAW_KINDS = frozenset({"other"})
+# Records of push paths and messages no cleaner knows (a mistyped push URL, a
+# new message type) land on raw.other; each is dead-lettered so it is counted
+# and kept with its bytes, never lost silently.
+UNKNOWN_ORIGIN_KIND = "other"
 
 
 class Router:
@@ -67,20 +69,22 @@ class Router:
     def __init__(self, settings: Settings) -> None:
         self.ctx = CleanContext.from_settings(settings)
         self.recent = RecentFixes(
-            settings.process_dedupe_devices, settings.process_dedupe_fixes_per_device
+            settings.process_dedupe_devices,
+            settings.process_dedupe_fixes_per_device,
+            int(settings.process_dedupe_horizon_seconds * 1000),
         )
         # Kept apart from ``recent`` so a rejected fix never hides a valid one.
         self.rejected = RecentFixes(settings.process_dedupe_devices, 1)
         self.counts: Counter[str] = Counter()
+        # Of the dead letters, records of raw.other: origins no cleaner knows.
+        self.no_cleaner = 0
         # Dead letters of every stage read back from the dead-letter topic.
         self.dead_letters_seen: Counter[str] = Counter()
         self._raw_codec = codec("RawEvent")
         self._dead_codec = codec(DEADLETTER_TOPIC.schema)
         self._dead_topic = DEADLETTER_TOPIC.name(settings)
         self._kind_by_raw_topic = {
-            spec.name(settings): spec.kind
-            for spec in RAW_TOPICS
-            if spec.kind not in UNREAD_RAW_KINDS
+            spec.name(settings): spec.kind for spec in RAW_TOPICS
         }
         self._clean = {
             spec.kind: (spec.name(settings), codec(spec.schema))
@@ -124,7 +128,11 @@ class Router:
             raise RejectedRecord(f"no cleaning rule for topic {topic}")
         if value is None:
             raise RejectedRecord("message has no value (tombstone)")
-        raw = Raw.from_event(self._raw_codec.decode(value))
+        event = self._raw_codec.decode(value)
+        if kind == UNKNOWN_ORIGIN_KIND:
+            self.no_cleaner += 1
+            raise RejectedRecord(f"no cleaner for origin {event['origin']:.80}")
+        raw = Raw.from_event(event)
         if kind == "position":
             return self._position(raw)
         clean_kind, cleaner = CLEANERS.get(kind, (None, None))
@@ -169,8 +177,16 @@ class Router:
 
     def _out(self, kind: str, record: dict) -> Outgoing:
         topic, record_codec = self._clean[kind]
+        try:
+            value = record_codec.encode(record)
+        except (ValueError, TypeError, OverflowError) as exc:
+            # The readers bound every field; this catches a value that still
+            # does not fit the contract, as a reason rather than a crash.
+            raise RejectedRecord(
+                f"{kind} record does not fit schema {record_codec.name}: {exc}"
+            ) from None
         self.counts[kind] += 1
-        return Outgoing(topic, record["imei"].encode(), record_codec.encode(record))
+        return Outgoing(topic, record["imei"].encode(), value)
 
     def _dead_letter(self, topic, partition, offset, key, value, reason) -> Outgoing:
         record = {

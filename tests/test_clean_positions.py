@@ -212,8 +212,8 @@ def test_direction(value, expected):
         ({"gpsTime": ""}, "gpsTime is missing"),
         ({"gpsTime": "yesterday"}, "gpsTime is not a time"),
         ({"gpsTime": "1970-01-01 00:00:00"}, "before 2000"),
-        ({"imei": "86000100000001"}, "15 digits"),
-        ({"imei": "86000100000001x"}, "15 digits"),
+        ({"imei": "86000100000001"}, "15 ASCII digits"),
+        ({"imei": "86000100000001x"}, "15 ASCII digits"),
         ({"imei": None}, "no IMEI"),
     ],
 )

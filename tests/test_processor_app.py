@@ -234,7 +234,8 @@ async def test_every_kind_reaches_its_clean_topic(make_settings):
         )
     await produce(settings, "other", [(imei, raw_event("pushfileupload", {"a": 1}))])
     want = {f"clean.{clean}": 1 for _, _, clean in GOOD_RECORDS.values()}
-    want["deadletter.all"] = len(GOOD_RECORDS)
+    # One per kind for the record without an IMEI, one for the unknown origin.
+    want["deadletter.all"] = len(GOOD_RECORDS) + 1
 
     stop = asyncio.Event()
     worker = asyncio.create_task(run(settings, stop, agent_modules=()))
@@ -248,8 +249,11 @@ async def test_every_kind_reaches_its_clean_topic(make_settings):
     device = codec("Device").decode(got["clean.device"][0].value)
     assert device["vehicle_number_norm"] == "KZZ101A"
     dead = [codec("DeadLetter").decode(r.value) for r in got["deadletter.all"]]
-    assert {d["reason"] for d in dead} == {"no IMEI in the record or its envelope"}
-    assert {d["origin_topic"].split(".")[-1] for d in dead} == set(GOOD_RECORDS)
+    assert {d["reason"] for d in dead} == {
+        "no IMEI in the record or its envelope",
+        "no cleaner for origin pushfileupload",
+    }
+    assert {d["origin_topic"].split(".")[-1] for d in dead} == {*GOOD_RECORDS, "other"}
 
 
 async def test_agents_see_new_records_quickly_on_the_embedded_broker(make_settings):
