@@ -52,7 +52,27 @@ def record_imei(record: Any) -> str | None:
     if not isinstance(record, Mapping):
         return None
     value = record.get("imei") or record.get("deviceImei")
-    return str(value) if value else None
+    return str(value) if value and has_utf8(str(value)) else None
+
+
+def has_utf8(text: str) -> bool:
+    """Return whether ``text`` can be written as UTF-8 (holds no lone surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def payload_text(record: Any) -> str:
+    """Return ``record`` as JSON text that UTF-8, and so Avro, can carry.
+
+    Non-ASCII characters stay as they are, unless the record holds a lone
+    surrogate (``"\\ud800"`` in the JSON it came as), which has no UTF-8 form;
+    then every character is escaped, a text that reads back to the same value.
+    """
+    text = json.dumps(record, ensure_ascii=False)
+    return text if has_utf8(text) else json.dumps(record)
 
 
 class RawPublisher:
@@ -133,7 +153,7 @@ class RawPublisher:
                     "origin": origin,
                     "received_at": received_at,
                     "imei": device,
-                    "payload": json.dumps(record, ensure_ascii=False),
+                    "payload": payload_text(record),
                     "request_id": request_id,
                 }
             )

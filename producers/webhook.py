@@ -53,6 +53,7 @@ from fleetstream.kafka import ensure_topics, make_producer
 from fleetstream.runtime import run_until_stopped, serve_http
 from fleetstream.settings import Settings
 from fleetstream.topics import RAW_KIND_BY_ORIGIN, RAW_TOPICS, raw_kind
+from producers.publish import has_utf8, payload_text
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def record_imei(record: Any) -> str | None:
     for value in candidates:
         if isinstance(value, int | str) and not isinstance(value, bool):
             text = str(value).strip()
-            if text:
+            if text and has_utf8(text):
                 return text
     return None
 
@@ -414,7 +415,7 @@ def create_app(settings: Settings, producer: AIOKafkaProducer | None = None) -> 
                     "origin": push.origin,
                     "received_at": received_at,
                     "imei": imei,
-                    "payload": json.dumps(record, ensure_ascii=False),
+                    "payload": payload_text(record),
                     "request_id": request_id,
                 }
             )

@@ -911,3 +911,30 @@ async def test_stray_elements_of_a_response_are_published_not_dropped(
     registry = await read_raw(settings, "device")
     unkeyed = [e for e in registry if e["imei"] is None]
     assert [(e["payload"], e["key"]) for e in unkeyed] == [("7", None)]
+
+
+async def test_records_with_lone_surrogates_are_published_escaped(make_settings):
+    settings = make_settings()
+    await ensure_topics(settings)
+    producer = make_producer(settings)
+    await producer.start()
+    records = [
+        {"imei": "860001000000011", "deviceName": "KZZ \ud83d 1"},
+        {"imei": "86000100000\udfff12", "deviceName": "x"},
+        {"imei": "860001000000013", "deviceName": "Zoë"},
+    ]
+    try:
+        publisher = RawPublisher(producer, settings, "poll")
+        published = await publisher.publish(
+            "jimi.user.device.list", records, request_id="r1"
+        )
+    finally:
+        await producer.stop()
+
+    events = await read_raw(settings, "device")
+    assert published == len(events) == 3
+    by_key = {e["key"]: e for e in events}
+    assert json.loads(by_key[b"860001000000011"]["payload"]) == records[0]
+    assert "Zoë" in by_key[b"860001000000013"]["payload"]
+    assert by_key[None]["imei"] is None
+    assert json.loads(by_key[None]["payload"]) == records[1]

@@ -744,3 +744,29 @@ async def test_metrics_labels_stay_few_and_well_formed_whatever_is_sent(receiver
     for origin in ("message", "other"):
         line = f'{{origin="{origin}",outcome="wrong_token"}} 30'
         assert line in metrics
+
+
+async def test_lone_surrogates_are_published_escaped_not_refused(receiver):
+    settings, url = receiver
+    good = gps_record("860001000000011", 0, driver="Zoë")
+    # "\ud800" is valid JSON text but names half a character, which UTF-8
+    # (and so Avro) cannot carry as it is.
+    odd = '{"deviceImei": "860001000000012", "driver": "\\ud800x"}'
+    odd_imei = '{"deviceImei": "8600010000000\\udc0013", "lat": 1}'
+    data_list = f"[{json.dumps(good)}, {odd}, {odd_imei}]"
+
+    async with httpx.AsyncClient() as client:
+        response = await client.post(
+            url + "/pushgps",
+            content=urlencode({"token": SAMPLE_TOKEN, "data_list": data_list}),
+            headers=FORM,
+        )
+
+    assert response.status_code == 200
+    got = await read_topic(settings, settings.topic("raw", "position"), 3)
+    events = {m.key: codec("RawEvent").decode(m.value) for m in got}
+    assert json.loads(events[b"860001000000011"]["payload"]) == good
+    assert "Zoë" in events[b"860001000000011"]["payload"]
+    assert json.loads(events[b"860001000000012"]["payload"]) == json.loads(odd)
+    assert events[None]["imei"] is None
+    assert json.loads(events[None]["payload"]) == json.loads(odd_imei)
