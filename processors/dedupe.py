@@ -10,11 +10,15 @@ fixes the window holds. Older fixes (a backfill of last month) pass through.
 The sink's ``ON CONFLICT (imei, gps_time)`` stays the final guard: this memory is
 per process, bounded, and empty after a restart or a rebalance.
 
-Times are kept in one sorted ``array('q')`` per device, 8 bytes a fix: a device
-reporting every 10 s holds 900 fixes over the default 9,000 s horizon, about
-7.3 KB (measured with tracemalloc, 1,000 devices x 900 fixes: 7.4 MB); the
-default ceiling of 1,024 fixes bounds a device at about 8.3 KB, so 20,000
-devices stay under 170 MB.
+Times are kept in one sorted ``array('q')`` per device, 8 bytes a fix. Measured
+with tracemalloc (1,000 devices, IMEI keys included): a device reporting every
+10 s holds 901 fixes over the default 9,000 s horizon and takes 7.9 KB; the
+default ceiling of 1,024 fixes bounds a device at 8.5 KB, so the default 20,000
+devices stay under 170 MB. Fed the fixes of eight consecutive track polls (each
+re-sending its overlap), the router passes every distinct fix once and no
+repeat: the repeat rate on ``clean.position`` from track overlap is 0, where the
+former memory of 16 fixes per device let through 3,848 repeats of 1,440 fixes
+(73 % of what it passed).
 """
 
 from __future__ import annotations
