@@ -32,6 +32,7 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 import time
 import uuid
 from collections import Counter
@@ -120,11 +121,21 @@ def _refuse_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text:.20} is beyond a double")
+    return value
+
+
 def _parse_json(text: str, field: str) -> Any:
     try:
-        # NaN and Infinity are not JSON; letting them through would publish
+        # NaN and Infinity are not JSON, and a number beyond a double would be
+        # written back as Infinity; letting them through would publish
         # payloads no other JSON reader accepts.
-        return json.loads(text, parse_constant=_refuse_constant)
+        return json.loads(
+            text, parse_constant=_refuse_constant, parse_float=_finite_float
+        )
     except ValueError as exc:
         raise Refused(
             400, "malformed_json", f"{field} is not valid JSON: {exc}"

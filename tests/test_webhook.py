@@ -290,6 +290,12 @@ MALFORMED = {
         400,
         "malformed_json",
     ),
+    "number beyond a double": (
+        _form_body(token=SAMPLE_TOKEN, data_list='[{"deviceImei": "1", "lat": 1e999}]'),
+        FORM,
+        400,
+        "malformed_json",
+    ),
     "nesting too deep": (
         _form_body(token=SAMPLE_TOKEN, data_list="[" * 100_000 + "]" * 100_000),
         FORM,
