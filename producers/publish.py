@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -70,9 +71,24 @@ def payload_text(record: Any) -> str:
     Non-ASCII characters stay as they are, unless the record holds a lone
     surrogate (``"\\ud800"`` in the JSON it came as), which has no UTF-8 form;
     then every character is escaped, a text that reads back to the same value.
+    NaN and infinities, which a lenient parser let in but JSON has no words
+    for, are written as the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``.
     """
-    text = json.dumps(record, ensure_ascii=False)
+    try:
+        text = json.dumps(record, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        return payload_text(_non_finite_as_text(record))
     return text if has_utf8(text) else json.dumps(record)
+
+
+def _non_finite_as_text(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return json.dumps(value)
+    if isinstance(value, Mapping):
+        return {k: _non_finite_as_text(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_non_finite_as_text(v) for v in value]
+    return value
 
 
 class RawPublisher:

@@ -913,7 +913,7 @@ async def test_stray_elements_of_a_response_are_published_not_dropped(
     assert [(e["payload"], e["key"]) for e in unkeyed] == [("7", None)]
 
 
-async def test_records_with_lone_surrogates_are_published_escaped(make_settings):
+async def test_odd_values_are_published_as_valid_json(make_settings):
     settings = make_settings()
     await ensure_topics(settings)
     producer = make_producer(settings)
@@ -922,6 +922,8 @@ async def test_records_with_lone_surrogates_are_published_escaped(make_settings)
         {"imei": "860001000000011", "deviceName": "KZZ \ud83d 1"},
         {"imei": "86000100000\udfff12", "deviceName": "x"},
         {"imei": "860001000000013", "deviceName": "Zoë"},
+        # What a lenient JSON parser lets in from a response.
+        {"imei": "860001000000014", "mileage": float("nan"), "odo": float("-inf")},
     ]
     try:
         publisher = RawPublisher(producer, settings, "poll")
@@ -932,9 +934,13 @@ async def test_records_with_lone_surrogates_are_published_escaped(make_settings)
         await producer.stop()
 
     events = await read_raw(settings, "device")
-    assert published == len(events) == 3
+    assert published == len(events) == 4
     by_key = {e["key"]: e for e in events}
     assert json.loads(by_key[b"860001000000011"]["payload"]) == records[0]
     assert "Zoë" in by_key[b"860001000000013"]["payload"]
     assert by_key[None]["imei"] is None
     assert json.loads(by_key[None]["payload"]) == records[1]
+    strict = json.loads(
+        by_key[b"860001000000014"]["payload"], parse_constant=pytest.fail
+    )
+    assert strict == {"imei": "860001000000014", "mileage": "NaN", "odo": "-Infinity"}
