@@ -31,14 +31,17 @@ from bench.figures import Figure, read_figures
 # empty list means the module's own defaults are modest already.
 BENCHMARKS: dict[str, list[str]] = {
     "codec": ["--seconds", "0.5"],
-    "processor": ["--records", "50000", "--rounds", "2"],
-    "sink": ["100000"],
+    "processor": ["--records", "100000", "--rounds", "3"],
+    "sink": ["200000"],
     "derived": ["--fixes", "20000"],
     "webhook": ["--pushes", "200"],
     "functions": ["--vehicles", "50", "--days", "2", "--runs", "10"],
 }
 # Only these differ at full scale from the modules' own defaults.
-FULL: dict[str, list[str]] = {"sink": ["1000000"]}
+FULL: dict[str, list[str]] = {
+    "processor": ["--records", "300000", "--rounds", "3"],
+    "sink": ["1000000"],
+}
 
 
 def run_one(name: str, full: bool, scratch: Path) -> tuple[list[Figure], float, str]:
@@ -67,7 +70,7 @@ def cell(value: float | None, unit: str = "") -> str:
 def print_table(rows: list[tuple[Figure, str]], failed: dict[str, str]) -> None:
     """Print one line per figure: ours, baseline, ratio, target and verdict."""
     header = (
-        f"{'benchmark':<42}{'ours':>12}{'baseline':>12}{'ratio':>7}  "
+        f"{'benchmark':<46}{'ours':>12}{'baseline':>12}{'ratio':>7}  "
         f"{'target':<18}{'met':<8}load at start"
     )
     print("\n" + header)
@@ -75,12 +78,12 @@ def print_table(rows: list[tuple[Figure, str]], failed: dict[str, str]) -> None:
     for figure, load in rows:
         verdict = {True: "met", False: "NOT MET", None: "-"}[figure.met]
         print(
-            f"{figure.benchmark:<42}{cell(figure.ours):>12}"
+            f"{figure.benchmark:<46}{cell(figure.ours):>12}"
             f"{cell(figure.baseline):>12}{cell(figure.ratio):>7}  "
             f"{figure.target:<18}{verdict:<8}{load}"
         )
     for name, reason in failed.items():
-        print(f"{name:<42}{'FAILED':>12}  {reason}")
+        print(f"{name:<46}{'FAILED':>12}  {reason}")
 
 
 def main(argv: list[str] | None = None) -> int:
