@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from fleetstream.errors import ConfigError
 from fleetstream.runtime import run_until_stopped
 from fleetstream.settings import Settings
 from sinks.kinds import SINKS, SinkSpec
@@ -16,12 +17,19 @@ logger = logging.getLogger(__name__)
 async def run_sinks(
     settings: Settings, stop: asyncio.Event, sinks: tuple[SinkSpec, ...] = SINKS
 ) -> list[Sink]:
-    """Run every sink until ``stop`` is set; a sink that fails stops the others."""
+    """Run every sink until ``stop`` is set; a sink that fails stops the others.
+
+    A permanent configuration error is raised as the one ``ConfigError`` it is,
+    however many sinks met it, so the command exits with one line.
+    """
     running = [Sink(settings, sink) for sink in sinks]
     logger.info("starting %d sinks: %s", len(running), [s.spec.kind for s in running])
-    async with asyncio.TaskGroup() as group:
-        for sink in running:
-            group.create_task(sink.run(stop), name=f"sink-{sink.spec.kind}")
+    try:
+        async with asyncio.TaskGroup() as group:
+            for sink in running:
+                group.create_task(sink.run(stop), name=f"sink-{sink.spec.kind}")
+    except* ConfigError as errors:
+        raise errors.exceptions[0] from None
     return running
 
 

@@ -13,6 +13,14 @@ database or the broker pauses the sink: its partitions are paused (the consumer
 keeps its group membership), the batch is retried with exponential backoff up
 to a ceiling, for as long as it takes, and nothing is committed meanwhile.
 
+A permanent configuration error (a URL that is not PostgreSQL's, refused
+credentials, a database that does not exist, tables not migrated) is not waited
+out: the sink checks its database before it joins its group, retrying only
+transient failures (connection refused, timeouts, a server starting or shutting
+down), and raises ``ConfigError`` on a permanent one. Once running, the same
+errors stop it too, except a missing table or column: a migration swapping
+tables is waited out like an outage.
+
 Dead letters are delivered at least once: a retry after a failed send, or a
 crash before the offset commit, can publish the same dead letter twice.
 """
@@ -32,7 +40,9 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from fleetstream.codec import codec
+from fleetstream.errors import ConfigError
 from fleetstream.kafka import ensure_topics, make_consumer, make_producer
+from fleetstream.runtime import sleep_or_stop
 from fleetstream.settings import Settings
 from fleetstream.topics import CLEAN, DEADLETTER_TOPIC, spec
 from sinks.kinds import SinkSpec
@@ -43,6 +53,27 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# Errors that no wait can fix, with the hint an operator needs.
+MIGRATE = "apply the migrations: fleetstream migrate"
+DSN_HINT = "DATABASE_URL must be postgresql://user@host:port/database"
+PERMANENT: tuple[tuple[type[BaseException], str], ...] = (
+    (asyncpg.ClientConfigurationError, DSN_HINT),
+    (
+        asyncpg.InvalidAuthorizationSpecificationError,
+        "check the user and password in DATABASE_URL",
+    ),
+    (asyncpg.InvalidCatalogNameError, "create the database: fleetstream migrate"),
+    (asyncpg.InsufficientPrivilegeError, "grant the sink's user its tables"),
+)
+# A schema that lacks the sink's tables: permanent at start, but a running sink
+# waits for it, since a migration may be swapping tables.
+SCHEMA_MISSING = (
+    ConfigError,
+    asyncpg.UndefinedTableError,
+    asyncpg.UndefinedColumnError,
+    asyncpg.UndefinedFunctionError,
+    asyncpg.InvalidSchemaNameError,
+)
 # Failures of a service rather than of a record: wait for the service and retry.
 TRANSIENT = (
     OSError,
@@ -53,6 +84,24 @@ TRANSIENT = (
 )
 DB_COMMAND_TIMEOUT_SECONDS = 60.0
 REASON_MAX_CHARS = 1000
+
+
+def permanent_error(exc: BaseException, *, starting: bool = True) -> ConfigError | None:
+    """Return the configuration error ``exc`` stands for, or None if transient."""
+    if isinstance(exc, SCHEMA_MISSING):
+        if not starting:
+            return None
+        if isinstance(exc, ConfigError):
+            return exc
+        return ConfigError(f"database: {type(exc).__name__}: {exc}", hint=MIGRATE)
+    for kind, hint in PERMANENT:
+        if isinstance(exc, kind):
+            return ConfigError(f"database: {type(exc).__name__}: {exc}", hint=hint)
+    if starting and isinstance(exc, ValueError):
+        # Raised while parsing the URL (a port that is not a number); once
+        # running, a ValueError is a row's value, not the configuration.
+        return ConfigError(f"database: {type(exc).__name__}: {exc}", hint=DSN_HINT)
+    return None
 
 
 class Stopping(Exception):
@@ -121,7 +170,12 @@ class Sink:
         self._batch_lock = asyncio.Lock()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until ``stop`` is set, then commit the batch in hand and return."""
+        """Consume until ``stop`` is set, then commit the batch in hand and return.
+
+        Raises ``ConfigError`` when the database can never be written as set up.
+        """
+        if not await self._database_ready(stop):
+            return
         await ensure_topics(
             self.settings, (spec(CLEAN, self.spec.kind), DEADLETTER_TOPIC)
         )
@@ -237,6 +291,28 @@ class Sink:
             sources.append(record)
         return rows, sources, dead
 
+    async def _database_ready(self, stop: asyncio.Event) -> bool:
+        """Connect and check the tables; False when stopped before it succeeded."""
+        delay = self.initial_backoff_seconds
+        while True:
+            try:
+                await self._connection()
+                return True
+            except (*TRANSIENT, ValueError, ConfigError) as exc:
+                config_error = permanent_error(exc)
+                if config_error is not None:
+                    raise config_error from exc
+                logger.warning(
+                    "sink %s: database unavailable at start (%s: %s); retry in %.1f s",
+                    self.spec.kind,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
+            if await sleep_or_stop(stop, delay):
+                return False
+            delay = min(delay * 2, self.max_backoff_seconds)
+
     async def _retrying(
         self,
         stop: asyncio.Event,
@@ -250,7 +326,10 @@ class Sink:
         while True:
             try:
                 result = await operation(*args)
-            except TRANSIENT as exc:
+            except (*TRANSIENT, ConfigError) as exc:
+                config_error = permanent_error(exc, starting=False)
+                if config_error is not None:
+                    raise config_error from exc
                 failures += 1
                 self.stats.retries += 1
                 logger.warning(

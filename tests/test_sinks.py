@@ -20,11 +20,12 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from fleetstream.codec import codec
 from fleetstream.db import database_name, with_database
+from fleetstream.errors import ConfigError
 from fleetstream.kafka import ensure_topics, make_producer
 from fleetstream.topics import ALL_TOPICS, CLEAN, DEADLETTER_TOPIC, spec
 from sinks.kinds import DEVICE, POSITION, SINKS
 from sinks.runner import run_sinks
-from sinks.sink import Sink
+from sinks.sink import Sink, permanent_error
 from sinks.writer import BatchWriter
 
 BASE = datetime(2026, 3, 2, 6, 0, tzinfo=UTC)
@@ -604,3 +605,97 @@ async def test_sink_command_writes_every_kind_and_stops_on_sigterm(settings):
 async def _count(settings, table: str, expected: int) -> bool:
     rows = await fetch(settings, f"SELECT count(*) FROM {table}")
     return rows[0][0] == expected
+
+
+def _bad_urls(pg_server: str, empty_url: str) -> dict[str, tuple[str, str]]:
+    """Return database URLs no retry can fix, with what the error must name."""
+    host = pg_server.split("@", 1)[1].split("/", 1)[0]
+    return {
+        "scheme": ("mysql://x@127.0.0.1/y", "mysql"),
+        "port": (f"postgresql://postgres@{host.split(':')[0]}:notaport/x", "notaport"),
+        "role": (f"postgresql://no_such_role@{host}/postgres", "no_such_role"),
+        "database": (with_database(pg_server, "fs_no_such_db"), "fs_no_such_db"),
+        "not migrated": (empty_url, "tracksolid.position_history"),
+    }
+
+
+async def test_permanent_database_errors_stop_the_sink_at_once(
+    make_settings, pg_server, empty_database_url
+):
+    for case, (url, named) in _bad_urls(pg_server, empty_database_url).items():
+        settings = make_settings(database_url=url)
+        began = time.monotonic()
+        with pytest.raises(ConfigError) as raised:
+            await asyncio.wait_for(
+                run_sinks(settings, asyncio.Event(), (POSITION, DEVICE)), 20
+            )
+        assert time.monotonic() - began < 10, case
+        assert named in str(raised.value), (case, str(raised.value))
+        assert raised.value.hint, case
+
+
+async def test_transient_database_errors_are_retried_until_stopped(
+    make_settings, caplog
+):
+    from fleetstream.embedded import free_port
+
+    settings = make_settings(database_url=f"postgresql://x@127.0.0.1:{free_port()}/y")
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_sinks(settings, stop, (POSITION,)))
+    await asyncio.sleep(2.5)
+    assert not task.done()
+    retries = [
+        r for r in caplog.records if "database unavailable at start" in r.message
+    ]
+    assert len(retries) >= 2  # backed off and tried again, still running
+    stop.set()
+    await asyncio.wait_for(task, 10)
+
+
+@pytest.mark.parametrize(
+    "error,permanent",
+    [
+        (ConnectionRefusedError(111, "refused"), False),
+        (TimeoutError(), False),
+        (asyncpg.CannotConnectNowError("the database system is starting up"), False),
+        (asyncpg.AdminShutdownError("terminating connection"), False),
+        (asyncpg.InvalidPasswordError("password authentication failed"), True),
+        (asyncpg.InvalidCatalogNameError('database "y" does not exist'), True),
+        (asyncpg.UndefinedTableError('relation "x" does not exist'), True),
+    ],
+)
+def test_database_errors_are_told_apart(error, permanent):
+    assert (permanent_error(error) is not None) is permanent
+
+
+def test_a_running_sink_waits_for_missing_tables_but_not_for_bad_credentials():
+    missing = asyncpg.UndefinedTableError('relation "x" does not exist')
+    refused = asyncpg.InvalidPasswordError("password authentication failed")
+    assert permanent_error(missing, starting=False) is None
+    assert permanent_error(refused, starting=False) is not None
+
+
+async def test_sink_command_exits_with_one_line_on_a_bad_database_url(settings):
+    env = {
+        **os.environ,
+        "FLEETSTREAM_ENVIRONMENT": "test",
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "FLEETSTREAM_BROKER_PROFILE": settings.broker_profile,
+        "FLEETSTREAM_TOPIC_PREFIX": settings.topic_prefix,
+        "DATABASE_URL": "mysql://x@127.0.0.1/y",
+    }
+    stage = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "fleetstream.cli",
+        "sink",
+        env=env,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(stage.communicate(), 60)
+    lines = [line for line in stderr.decode().splitlines() if "mysql" in line]
+    assert stage.returncode == 2, stderr.decode()[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("fleetstream sink: "), lines
+    assert "Traceback" not in stderr.decode()
+    assert "unavailable" not in stderr.decode()
