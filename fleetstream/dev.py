@@ -39,7 +39,7 @@ DEV_PUSH_TOKEN = "dev-push-token"
 
 # Start order (consumers first); shutdown runs in reverse so upstream stages
 # stop before the stages that drain them.
-STAGE_ORDER = ("api", "sink", "process", "webhook", "poll", "fake-platform")
+STAGE_ORDER = ("api", "sink", "process", "webhook", "fake-platform", "poll")
 RESTART_DELAY_SECONDS = 2.0
 MAX_RESTART_DELAY_SECONDS = 60.0
 # A stage that ran this long before dying restarts without the accumulated delay.

@@ -148,7 +148,7 @@ class Settings(BaseSettings):
     dev_broker_port: int = 19092
     dev_postgres_port: int = 15432
     # Comma-separated stages `fleetstream dev` runs (all by default).
-    dev_stages: str = "api,sink,process,webhook,poll,fake-platform"
+    dev_stages: str = "api,sink,process,webhook,fake-platform,poll"
 
     # Fake platform (development and tests only)
     fake_platform_host: str = "127.0.0.1"

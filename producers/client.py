@@ -194,7 +194,7 @@ class TracksolidClient:
             try:
                 envelope = await self._attempt(method, params, token, imei_count)
             except _Transport as exc:
-                await self._back_off(method, attempt, None, str(exc))
+                await self._back_off(method, attempt, None, describe(exc))
                 continue
             if envelope.code == OK:
                 return envelope
@@ -224,10 +224,12 @@ class TracksolidClient:
             self.settings.tracksolid_backoff_base_seconds,
             self.settings.tracksolid_backoff_max_seconds,
         )
+        # A transport failure has no platform code: say what failed instead.
+        reason = f"code {code}" if code is not None else message
         logger.warning(
-            "%s: code %s, attempt %d of %d, retrying in %.1f s",
+            "%s: %s, attempt %d of %d, retrying in %.1f s",
             method,
-            code,
+            reason,
             attempt,
             self.settings.tracksolid_max_attempts,
             delay,
@@ -417,6 +419,12 @@ class TracksolidClient:
             if isinstance(exc, TokenError | IpLimitError | RetriesExhausted):
                 raise
             raise TokenError(method, exc.code, exc.platform_message) from exc
+
+
+def describe(exc: BaseException) -> str:
+    """Return a one-line account of a transport failure, e.g. ``ConnectError: ...``."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def backoff_delay(attempt: int, base: float, cap: float) -> float:
