@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
+import asyncpg.exceptions._base as asyncpg_base
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -88,6 +89,12 @@ def create_app(settings: Settings, *, refresh_views: bool = True) -> FastAPI:
     app.add_exception_handler(asyncpg.UndefinedFunctionError, _schema_missing)
     app.add_exception_handler(asyncpg.UndefinedTableError, _schema_missing)
     app.add_exception_handler(asyncpg.InvalidSchemaNameError, _schema_missing)
+    # A value the database or the driver cannot take is the caller's to fix.
+    app.add_exception_handler(asyncpg.DataError, _value_refused)
+    app.add_exception_handler(asyncpg_base.DataError, _value_refused)
+    app.add_exception_handler(OverflowError, _value_refused)
+    app.add_exception_handler(UnicodeError, _value_refused)
+    app.add_exception_handler(asyncpg.PostgresError, _database_error)
     app.add_exception_handler(OSError, _database_unavailable)
     app.add_exception_handler(asyncpg.InterfaceError, _database_unavailable)
     app.add_exception_handler(asyncpg.CannotConnectNowError, _database_unavailable)
@@ -113,6 +120,35 @@ async def _schema_missing(request: Request, exc: Exception) -> JSONResponse:
             "run `fleetstream migrate`"
         },
         status_code=503,
+    )
+
+
+# SQLSTATE classes of a database that is busy, restarting or cut off: retry later.
+# 08 connection, 40 serialization or deadlock, 53 resources, 55 lock not
+# available, 57 query cancelled (statement timeout) or server shutting down.
+UNAVAILABLE_CLASSES = frozenset({"08", "40", "53", "55", "57"})
+
+
+async def _value_refused(request: Request, exc: Exception) -> JSONResponse:
+    logger.info("input refused for %s: %s", request.url.path, type(exc).__name__)
+    # The first line names the problem; it may quote the caller's own value.
+    reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    return JSONResponse(
+        {"detail": f"a value in the request cannot be used: {reason}"},
+        status_code=422,
+    )
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    state = getattr(exc, "sqlstate", None) or ""
+    if state[:2] in UNAVAILABLE_CLASSES:
+        return await _database_unavailable(request, exc)
+    logger.error(
+        "database error %s for %s: %s", state, request.url.path, type(exc).__name__
+    )
+    return JSONResponse(
+        {"detail": f"the database failed the request (SQLSTATE {state})"},
+        status_code=500,
     )
 
 

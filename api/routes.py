@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, Field, field_validator
 
+from api.inputs import Moment, Text
 from api.rows import json_row, json_rows, utc_iso
 
 logger = logging.getLogger(__name__)
@@ -38,18 +39,18 @@ FILTER_VIEWS = {
 class FleetQuery(BaseModel):
     """Filters of the fleet map; empty values mean no filter."""
 
-    vehicles: list[Annotated[str, Field(max_length=32)]] = Field(
+    vehicles: list[Annotated[Text, Field(max_length=32)]] = Field(
         default_factory=list, max_length=1000
     )
-    driver: str | None = Field(None, max_length=200)
-    cost_centre: str | None = Field(None, max_length=200)
-    city: str | None = Field(None, max_length=200)
-    start: datetime | None = Field(
+    driver: Text | None = Field(None, max_length=200)
+    cost_centre: Text | None = Field(None, max_length=200)
+    city: Text | None = Field(None, max_length=200)
+    start: Moment | None = Field(
         None,
         description="ISO-8601; without an offset it is wall-clock time of the "
         "fleet's zone; default: end minus 7 days",
     )
-    end: datetime | None = Field(
+    end: Moment | None = Field(
         None,
         description="ISO-8601; without an offset it is wall-clock time of the "
         "fleet's zone; default: now",
@@ -109,7 +110,7 @@ def live_entry(row: Mapping[str, Any]) -> dict[str, Any]:
 async def live_positions(
     request: Request,
     cost_centre: Annotated[
-        str | None, Query(max_length=200, description="only this cost centre")
+        Text | None, Query(max_length=200, description="only this cost centre")
     ] = None,
     acc_status: Annotated[
         str | None,
@@ -135,7 +136,7 @@ async def live_positions(
 async def vehicle_track(
     request: Request,
     vehicle_number: Annotated[
-        str,
+        Text,
         Query(
             min_length=1,
             max_length=32,

@@ -1,0 +1,42 @@
+"""Checks every text and time the API accepts, so bad input is a 422, never a 500.
+
+PostgreSQL refuses NUL in text and lone surrogates cannot be encoded as UTF-8;
+years outside its range, or at the edge of Python's, overflow on the way. The
+types here refuse such values at the boundary with the reason, before a query.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import AfterValidator
+
+# C0 and C1 controls, DEL, and UTF-16 surrogates (valid in a Python str, not in
+# UTF-8): none belongs in a plate, a name or a filter.
+UNUSABLE_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+EARLIEST_YEAR = 2000
+LATEST_YEAR = 2099
+
+
+def printable(value: str) -> str:
+    """Return ``value`` when it holds no control character or surrogate."""
+    found = UNUSABLE_CHARACTER.search(value)
+    if found is not None:
+        raise ValueError(
+            f"holds the control character U+{ord(found.group()):04X} at position "
+            f"{found.start()}; text must be printable"
+        )
+    return value
+
+
+def plausible_time(value: datetime | None) -> datetime | None:
+    """Return ``value`` when its year lies in 2000..2099, the fleet's lifetime."""
+    if value is not None and not EARLIEST_YEAR <= value.year <= LATEST_YEAR:
+        raise ValueError(f"year {value.year} is outside {EARLIEST_YEAR}..{LATEST_YEAR}")
+    return value
+
+
+Text = Annotated[str, AfterValidator(printable)]
+Moment = Annotated[datetime, AfterValidator(plausible_time)]
