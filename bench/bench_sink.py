@@ -178,11 +178,12 @@ def decode_seconds(values: list[bytes], decode) -> float:
 class TimedSink(Sink):
     """A sink that adds up the wall time of each phase of its batches.
 
-    ``phases`` maps a phase to seconds: fetching a batch (from its first
-    records to its last), decoding and building rows, each table's write, the
-    rest of the database transaction (begin, savepoints, commit) and the offset
-    commit. The writer's per-table plans are private to ``sinks.writer``; they
-    are wrapped here only to time them.
+    ``phases`` maps a phase to seconds: collecting a batch from the consumer
+    (every batch but the first, whose wait holds the group join), decoding and
+    building rows, each table's write, the rest of the database transaction
+    (begin, savepoints, commit) and the offset commit. The writer's per-table
+    plans are private to ``sinks.writer``; they are wrapped here only to time
+    them.
     """
 
     def __init__(self, settings: Settings, group_id: str | None = None) -> None:
