@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     trip_min_stop_seconds: float = 300.0
     trip_acc_flap_seconds: float = 60.0
     trip_idle_close_seconds: float = 300.0
+    # A longer gap between two fixes is unobserved: no distance crosses it and an
+    # open trip ends before it (device off, clock jump).
+    max_fix_gap_seconds: float = 3600.0
     derived_window_days: float = 7.0
 
     # Sinks
