@@ -228,7 +228,7 @@ class DeviceDerivation:
     def day_record(self, day: str, wall_ms: int) -> dict:
         """Return the MileageDaily record of one day."""
         figures = self.ledger.days[day]
-        distance, source = figures.figure()
+        distance, source = figures.figure(self.config.jitter.max_plausible_kmh)
         return {
             "imei": self.imei,
             "day": day,
@@ -236,7 +236,9 @@ class DeviceDerivation:
             "distance_m": max(0.0, distance),
             "distance_source": source,
             "gps_distance_m": max(0.0, figures.gps_m),
-            "odometer_distance_m": figures.odometer_m,
+            "odometer_distance_m": figures.odometer_figure(
+                self.config.jitter.max_plausible_kmh
+            ),
             "fixes": figures.fixes,
             "first_fix_time": figures.first_ms,
             "last_fix_time": figures.last_ms,

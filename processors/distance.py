@@ -11,7 +11,12 @@ A segment's length is a pure function of its two ends (``segment_m``):
   ``jitter_max_speed_kmh`` or more and the step is under ``jitter_max_step_m``;
 * an implausible jump counts nothing: the implied speed exceeds
   ``max_plausible_speed_kmh``. The fix stays on the path, so one bad fix costs
-  only its two segments and cannot poison the fixes after it.
+  only its two segments and cannot poison the fixes after it;
+* a gap counts nothing: the ends are more than ``max_fix_gap_seconds`` apart.
+  Where the vehicle went while its device was off (or while its clock jumped
+  years) was not observed, and a straight line spread over the days in between
+  would credit them with driving nobody saw. The odometer, when the device has
+  one, still measures such a day.
 
 Because a segment depends on its ends only, a fix that arrives out of order is
 placed between its neighbours: the segment it splits is replaced by the two new
@@ -77,6 +82,7 @@ class JitterRules:
     max_speed_kmh: float = 3.0
     max_step_m: float = 30.0
     max_plausible_kmh: float = 250.0
+    max_gap_s: float = 3600.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JitterRules:
@@ -84,6 +90,7 @@ class JitterRules:
             settings.jitter_max_speed_kmh,
             settings.jitter_max_step_m,
             settings.max_plausible_speed_kmh,
+            settings.max_fix_gap_seconds,
         )
 
 
@@ -95,7 +102,9 @@ def segment_m(a: Fix, b: Fix, rules: JitterRules) -> float:
         if not speeds or max(speeds) < rules.max_speed_kmh:
             return 0.0
     seconds = abs(b.t - a.t) / 1000
-    if seconds == 0 or step / seconds * 3.6 > rules.max_plausible_kmh:
+    if seconds == 0 or seconds > rules.max_gap_s:
+        return 0.0
+    if step / seconds * 3.6 > rules.max_plausible_kmh:
         return 0.0
     return step
 
@@ -204,6 +213,12 @@ class Track:
         if hi - lo < 2:
             return None
         return self.odometer[lo], self.odometer[hi - 1]
+
+    def odometer_readings(self, start: int, end: int) -> list[tuple[int, float]]:
+        """Return the (time, reading) pairs between two times, in time order."""
+        lo = bisect_left(self.odometer_times, start)
+        hi = bisect_left(self.odometer_times, end + 1)
+        return list(zip(self.odometer_times[lo:hi], self.odometer[lo:hi], strict=True))
 
     def last_before(self, t: int) -> Fix | None:
         i = bisect_left(self.path_times, t)

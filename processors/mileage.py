@@ -11,6 +11,15 @@ The day's figure prefers the device odometer (highest minus lowest reading,
 when the day has two readings or more and they differ by less than 2000 km): it
 measures the wheels, while the GPS path cuts corners between fixes. The GPS
 figure is always kept alongside.
+
+An odometer that was reset or rolled over during the day, or that read wrong
+once, leaves its earliest reading above the lowest or its latest reading below
+the highest; such a day, like one whose readings moved faster than
+``max_plausible_speed_kmh`` from the first to the last, reports the GPS path
+(``distance_source`` gps, no odometer distance). Only the extremes are kept, in
+any arrival order, so a misread between two correct readings that stays within
+them goes unseen. The database's daily view takes highest minus lowest without
+these checks and differs on such days.
 """
 
 from __future__ import annotations
@@ -67,6 +76,9 @@ class Day:
     odometer_min: float | None = None
     odometer_max: float | None = None
     odometer_readings: int = 0
+    # Time and value of the day's earliest and latest odometer readings.
+    odometer_first: tuple[int, float] | None = None
+    odometer_last: tuple[int, float] | None = None
 
     def see(self, fix: Fix) -> None:
         self.first_ms = fix.t if self.first_ms is None else min(self.first_ms, fix.t)
@@ -79,17 +91,31 @@ class Day:
             low, high = self.odometer_min, self.odometer_max
             self.odometer_min = odo if low is None else min(low, odo)
             self.odometer_max = odo if high is None else max(high, odo)
+            if self.odometer_first is None or fix.t < self.odometer_first[0]:
+                self.odometer_first = (fix.t, odo)
+            if self.odometer_last is None or fix.t > self.odometer_last[0]:
+                self.odometer_last = (fix.t, odo)
 
-    @property
-    def odometer_m(self) -> float | None:
+    def odometer_figure(self, max_plausible_kmh: float) -> float | None:
+        """Return the distance the odometer measured, None when it cannot be used."""
         if self.odometer_readings < 2:
             return None
         moved = self.odometer_max - self.odometer_min
-        return moved if moved < MAX_ODOMETER_DAY_M else None
+        if moved >= MAX_ODOMETER_DAY_M:
+            return None
+        first, last = self.odometer_first, self.odometer_last
+        # State written before the first and last readings were kept lacks them.
+        if first is not None and last is not None:
+            if first[1] != self.odometer_min or last[1] != self.odometer_max:
+                return None
+            hours = (last[0] - first[0]) / 3_600_000
+            if moved > 0 and moved / 1000 > max_plausible_kmh * hours:
+                return None
+        return moved
 
-    def figure(self) -> tuple[float, str]:
+    def figure(self, max_plausible_kmh: float) -> tuple[float, str]:
         """Return the day's distance and its source, odometer or gps."""
-        odo = self.odometer_m
+        odo = self.odometer_figure(max_plausible_kmh)
         return (odo, "odometer") if odo is not None else (self.gps_m, "gps")
 
     def as_list(self) -> list:
@@ -101,6 +127,8 @@ class Day:
             self.odometer_min,
             self.odometer_max,
             self.odometer_readings,
+            list(self.odometer_first) if self.odometer_first else None,
+            list(self.odometer_last) if self.odometer_last else None,
         ]
 
 
@@ -163,5 +191,13 @@ class DayLedger:
 
     @classmethod
     def from_state(cls, zone: ZoneInfo, state: dict) -> DayLedger:
-        days = {name: Day(*values) for name, values in state["days"].items()}
+        days = {name: _day_from_list(values) for name, values in state["days"].items()}
         return cls(zone, days, state["horizon"])
+
+
+def _day_from_list(values: list) -> Day:
+    day = Day(*values[:7])
+    if len(values) > 7:
+        day.odometer_first = tuple(values[7]) if values[7] else None
+        day.odometer_last = tuple(values[8]) if values[8] else None
+    return day

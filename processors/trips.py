@@ -20,14 +20,25 @@ When the fix does not report ignition (``acc_on`` None), motion decides:
   still standing after that ends the trip at the candidate.
 
 ``trip_idle_close_seconds`` of silence from the device (wall clock) ends an
-open trip at its candidate end, or at its last fix when it has none.
+open trip at its candidate end, or at its last fix when it has none. The same
+happens, on fix time, when the next fix comes more than ``max_fix_gap_seconds``
+after the last one: a device switched off for days, or a clock that jumped, must
+not stretch a trip over time nobody observed, whenever the fixes are processed
+(live, late or replayed). The new fix may then start a trip of its own.
+
+A trip ends at the first fix that reports ignition off (or, without ignition,
+the first fix standing still), not at the fix that later confirms it: that is
+when the driver parked, which is what a fleet manager reads on the report. A
+device that reports ignition changes only with its next periodic fix moves the
+ends by up to that period; the machine cannot know better from positions alone.
 
 A closed span becomes a trip only when it lasts at least
 ``trip_min_duration_seconds`` and covers at least ``trip_min_distance_m``
 (Traccar uses the same two thresholds); shorter spans are engine idling or
 manoeuvres. Its distance comes from the device odometer when the span has two
-readings that moved forward by a plausible amount (a wheel-based measure beats
-the GPS path), else from the GPS path.
+readings or more and each step between consecutive readings moved forward at a
+plausible speed (a wheel-based measure beats the GPS path); a counter that ran
+backwards (reset, rollover) or jumped falls back to the GPS path.
 
 The machine moves forward only: a fix older than the last one it saw changes
 the path and so the distance of the trip it falls in, but not where trips
@@ -63,6 +74,8 @@ class TripRules:
     min_stop_s: float = 300.0
     acc_flap_s: float = 60.0
     idle_close_s: float = 300.0
+    max_gap_s: float = 3600.0
+    max_plausible_kmh: float = 250.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TripRules:
@@ -73,6 +86,8 @@ class TripRules:
             settings.trip_min_stop_seconds,
             settings.trip_acc_flap_seconds,
             settings.trip_idle_close_seconds,
+            settings.max_fix_gap_seconds,
+            settings.max_plausible_speed_kmh,
         )
 
 
@@ -142,6 +157,13 @@ class TripMachine:
     def step(self, fix: Fix) -> list[Span]:
         """Advance with a fix newer than any seen; return the spans it closed."""
         closed: list[Span] = []
+        if (
+            self.in_trip
+            and self.last is not None
+            and (fix.t - self.last.t) / 1000 > self.rules.max_gap_s
+        ):
+            closed.extend(self._close_at_last())
+            self.last = None
         moving = self.is_moving(fix)
         if self.in_trip and self.pending is not None:
             self._resolve_pending(fix, moving, closed)
@@ -184,6 +206,9 @@ class TripMachine:
         """
         if not self.in_trip or silent_s < self.rules.idle_close_s:
             return []
+        return self._close_at_last()
+
+    def _close_at_last(self) -> list[Span]:
         if self.pending is None:
             self._hold(self.last, ACC)
         return [self._close()]
@@ -220,6 +245,23 @@ class TripMachine:
         return machine
 
 
+def odometer_runs_forward(
+    readings: list[tuple[int, float]], max_plausible_kmh: float
+) -> bool:
+    """Return whether every step between time-ordered readings is plausible.
+
+    A step backwards is a reset or a rollover; a step faster than any vehicle
+    drives is a misread or a counter set by hand. Either makes the difference
+    between the first and the last reading meaningless.
+    """
+    for (t1, m1), (t2, m2) in zip(readings, readings[1:], strict=False):
+        if m2 < m1:
+            return False
+        if m2 > m1 and (m2 - m1) / ((t2 - t1) / 1000) * 3.6 > max_plausible_kmh:
+            return False
+    return True
+
+
 def summarise(
     imei: str,
     span: Span,
@@ -232,7 +274,12 @@ def summarise(
     duration_s = (span.end.t - span.start.t) // 1000
     gps_m = track.distance_m(span.start.t, span.end.t)
     odometer = track.odometer_between(span.start.t, span.end.t)
-    if odometer is not None and 0 <= odometer[1] - odometer[0] < MAX_ODOMETER_DAY_M:
+    readings = track.odometer_readings(span.start.t, span.end.t)
+    if (
+        odometer is not None
+        and odometer[1] - odometer[0] < MAX_ODOMETER_DAY_M
+        and odometer_runs_forward(readings, rules.max_plausible_kmh)
+    ):
         distance, source = odometer[1] - odometer[0], "odometer"
     else:
         distance, source = gps_m, "gps"

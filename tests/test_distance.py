@@ -189,10 +189,10 @@ def test_day_prefers_the_odometer_unless_it_jumped():
     for fix in (east(0, 0, odometer_m=5_000.0), east(60, 1_000, odometer_m=6_100.0)):
         ledger.record(fix, track.add(fix))
     day = ledger.days[local_day(0, NAIROBI)]
-    assert day.figure() == (1_100.0, "odometer")
+    assert day.figure(250.0) == (1_100.0, "odometer")
 
     reset = east(120, 2_000, odometer_m=4_000_000.0)
     ledger.record(reset, track.add(reset))
 
-    assert day.odometer_m is None
-    assert day.figure() == (pytest.approx(2_000, rel=0.001), "gps")
+    assert day.odometer_figure(250.0) is None
+    assert day.figure(250.0) == (pytest.approx(2_000, rel=0.001), "gps")
