@@ -18,7 +18,9 @@ devices stay under 170 MB. Fed the fixes of eight consecutive track polls (each
 re-sending its overlap), the router passes every distinct fix once and no
 repeat: the repeat rate on ``clean.position`` from track overlap is 0, where the
 former memory of 16 fixes per device let through 3,848 repeats of 1,440 fixes
-(73 % of what it passed).
+(73 % of what it passed). After 2.5 minutes of ``fleetstream dev`` (fake
+platform, default settings), ``clean.position`` held 2,464 fixes and 2,464
+distinct ``(imei, gps_time)`` pairs, out of 8,401 raw positions: no repeat.
 """
 
 from __future__ import annotations
