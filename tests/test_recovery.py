@@ -105,7 +105,13 @@ def state_picture(device: DeviceDerivation) -> dict:
         "fixes": list(device.track.times),
         "path": [f.as_list() for f in device.track.path],
         "days": {
-            d: (round(day.gps_m, 6), day.fixes, day.odometer_m)
+            d: (
+                round(day.gps_m, 6),
+                day.fixes,
+                day.odometer_figure(device.config.jitter.max_plausible_kmh),
+                day.odometer_first,
+                day.odometer_last,
+            )
             for d, day in device.ledger.days.items()
         },
         "recent": [span.as_list() for span in device.recent],
