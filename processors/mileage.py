@@ -18,8 +18,15 @@ the highest; such a day, like one whose readings moved faster than
 ``max_plausible_speed_kmh`` from the first to the last, reports the GPS path
 (``distance_source`` gps, no odometer distance). Only the extremes are kept, in
 any arrival order, so a misread between two correct readings that stays within
-them goes unseen. The database's daily view takes highest minus lowest without
-these checks and differs on such days.
+them goes unseen.
+
+The database's daily view (``tracksolid.refresh_mileage_daily``) applies the
+same segment rules to the same fixes, with three differences, measured on the
+truck recordings in tests/test_derived_real.py: it sums the steps within each
+local day, so the step across midnight, which the stream shares between the
+two days, counts for neither; it counts a step across a gap longer than
+``max_fix_gap_seconds`` when its speed is plausible; and it takes the highest
+minus the lowest odometer reading without the checks above.
 """
 
 from __future__ import annotations
