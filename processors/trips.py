@@ -14,7 +14,10 @@ When the fix reports ignition (``acc_on`` True or False), ignition decides:
 When the fix does not report ignition (``acc_on`` None), motion decides:
 
 * parked, moving (speed at least ``motion_min_speed_kmh``, or the implied speed
-  when none is reported): a trip starts;
+  when none is reported): a trip starts at that fix. The segment from the last
+  standing fix to it was driven but lies before the trip, so such a trip misses
+  up to one reporting interval of distance at its start (10 m on the 1 s GPX
+  car; more on a device reporting every 30 s). The day total counts it;
 * in a trip, standing still: the fix becomes the candidate end. Moving again
   within ``trip_min_stop_seconds`` cancels it (a short stop, a traffic light);
   still standing after that ends the trip at the candidate.
