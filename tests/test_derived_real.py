@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import pytest
@@ -23,7 +24,7 @@ from fleetstream.settings import Settings
 from processors.clean import CleanContext, Raw, RejectedRecord, clean_position
 from processors.derived import DerivedConfig, DeviceDerivation
 from processors.distance import haversine_m
-from processors.mileage import local_day
+from processors.mileage import DayLedger, local_day
 
 NAIROBI = "Africa/Nairobi"
 # The Višnjan drive starts here (its GPX times); all its windows are UTC.
@@ -585,3 +586,19 @@ async def test_stream_and_database_differ_by_the_step_over_midnight(database_url
     crossing = haversine_m(before.lat, before.lng, after.lat, after.lng)
     assert crossing > 0
     assert stream_m - database_m == pytest.approx(crossing, rel=1e-6)
+
+
+def test_days_saved_before_first_and_last_readings_were_kept_still_load():
+    zone = settings_with().fleet_timezone
+    saved = {"horizon": None, "days": {"2026-03-02": [900.0, 3, 1, 2, 5e6, 5.1e6, 3]}}
+
+    day = DayLedger.from_state(ZoneInfo(zone), saved).days["2026-03-02"]
+
+    assert day.odometer_first is None
+    assert day.figure(250.0) == (100_000.0, "odometer")
+    assert (
+        DayLedger.from_state(
+            ZoneInfo(zone), DayLedger(ZoneInfo(zone), {"d": day}).to_state()
+        ).days["d"]
+        == day
+    )
