@@ -28,22 +28,18 @@ crash before the offset commit, can publish the same dead letter twice.
 from __future__ import annotations
 
 import asyncio
-import io
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import asyncpg
-import fastavro
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
-from fastavro.schema import parse_schema
 
-from fleetstream.codec import HEADER_LEN, SCHEMA_DIR, Codec, codec
+from fleetstream.codec import codec
 from fleetstream.errors import ConfigError
 from fleetstream.kafka import ensure_topics, make_consumer, make_producer
 from fleetstream.runtime import sleep_or_stop
@@ -88,51 +84,6 @@ TRANSIENT = (
 )
 DB_COMMAND_TIMEOUT_SECONDS = 60.0
 REASON_MAX_CHARS = 1000
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-class RecordDecoder:
-    """Decode a topic's records as its codec does, timestamps at a lower cost.
-
-    fastavro turns each ``timestamp-millis`` into a datetime through its
-    generic logical-type path, which makes up about a third of decoding a
-    Position, the sink's largest cost. Messages of the current writer schema are
-    therefore read with the top-level timestamps as plain longs and converted
-    here to the same UTC datetimes; every other message (an older writer, a
-    foreign or broken header) goes through the codec, with its schema resolution
-    and its errors.
-    """
-
-    def __init__(self, codec_: Codec) -> None:
-        self._codec = codec_
-        self._header = codec_.header
-        schema = json.loads((SCHEMA_DIR / f"{codec_.name}.avsc").read_text())
-        self._stamps = [f["name"] for f in schema["fields"] if _plain_stamp(f)]
-        self._schema = parse_schema(schema)
-
-    def __call__(self, data: bytes) -> dict[str, Any]:
-        if data[:HEADER_LEN] != self._header:
-            return self._codec.decode(data)
-        buf = io.BytesIO(data)
-        buf.seek(HEADER_LEN)
-        record = fastavro.schemaless_reader(buf, self._schema, None)
-        for name in self._stamps:
-            value = record[name]
-            if value is not None:
-                record[name] = EPOCH + timedelta(milliseconds=value)
-        return record
-
-
-def _plain_stamp(field: dict[str, Any]) -> bool:
-    """Make a top-level ``timestamp-millis`` field a plain long; return if it was."""
-    kind = field["type"]
-    members = kind if isinstance(kind, list) else [kind]
-    stamp = {"type": "long", "logicalType": "timestamp-millis"}
-    if stamp not in members:
-        return False
-    plain = ["long" if member == stamp else member for member in members]
-    field["type"] = plain if isinstance(kind, list) else "long"
-    return True
 
 
 def permanent_error(exc: BaseException, *, starting: bool = True) -> ConfigError | None:
@@ -208,7 +159,7 @@ class Sink:
             settings.kafka_tuning()["rebalance_timeout_ms"] / 2000
         )
         self._writer = BatchWriter(sink)
-        self._decode_value = RecordDecoder(codec(sink.schema))
+        self._codec = codec(sink.schema)
         self._dead_codec = codec(DEADLETTER_TOPIC.schema)
         self._row = sink.row_getter()
         self._conn: asyncpg.Connection | None = None
@@ -327,7 +278,7 @@ class Sink:
             # Bad bytes make the Avro reader, and odd values a column mapping,
             # fail in many ways; whatever they raise, the record is unusable here.
             try:
-                decoded = self._decode_value(record.value)
+                decoded = self._codec.decode(record.value)
             except Exception as exc:  # noqa: BLE001
                 dead.append((record, f"undecodable: {type(exc).__name__}: {exc}"))
                 continue
