@@ -7,8 +7,12 @@ and Wi-Fi positions are hundreds of metres off and would add phantom distance.
 
 A segment's length is a pure function of its two ends (``segment_m``):
 
-* stationary jitter counts nothing: neither end reports a speed of
-  ``jitter_max_speed_kmh`` or more and the step is under ``jitter_max_step_m``;
+* stationary jitter counts nothing: the step is under ``jitter_max_step_m``
+  and neither end reports a speed of ``jitter_max_speed_kmh`` or more. When
+  neither end reports a speed at all, the step's own speed decides instead: a
+  device logging every second moves a few metres a step, and calling all of
+  those jitter would lose most of the drive. The database's step rule treats
+  such steps as jitter; it differs from the stream for fixes without speed;
 * an implausible jump counts nothing: the implied speed exceeds
   ``max_plausible_speed_kmh``. The fix stays on the path, so one bad fix costs
   only its two segments and cannot poison the fixes after it;
@@ -97,13 +101,15 @@ class JitterRules:
 def segment_m(a: Fix, b: Fix, rules: JitterRules) -> float:
     """Return the distance the segment from ``a`` to ``b`` adds to the path."""
     step = haversine_m(a.lat, a.lng, b.lat, b.lng)
-    if step < rules.max_step_m:
-        speeds = [s for s in (a.speed_kmh, b.speed_kmh) if s is not None]
-        if not speeds or max(speeds) < rules.max_speed_kmh:
-            return 0.0
     seconds = abs(b.t - a.t) / 1000
     if seconds == 0 or seconds > rules.max_gap_s:
         return 0.0
+    if step < rules.max_step_m:
+        speeds = [s for s in (a.speed_kmh, b.speed_kmh) if s is not None]
+        if not speeds:
+            speeds = [step / seconds * 3.6]
+        if max(speeds) < rules.max_speed_kmh:
+            return 0.0
     if step / seconds * 3.6 > rules.max_plausible_kmh:
         return 0.0
     return step

@@ -206,6 +206,26 @@ def test_denver_drive_is_one_trip_of_its_length(name, km):
     assert runs > 100
 
 
+@pytest.mark.parametrize(
+    ("name", "km"), [("visnjan-car", None), ("denver-1", 12.6), ("denver-3", 20.8)]
+)
+def test_drive_without_reported_speed_keeps_its_length(name, km):
+    imei, positions = trace_positions(name, GPX_START)
+    if km is None:
+        km = gpx_moving_path_m(positions) / 1000
+    speedless = [{**p, "speed_kmh": None} for p in positions]
+
+    device, trips = derive(settings_with(), imei, speedless)
+
+    assert len(trips) == 1
+    assert trips[0]["distance_m"] == pytest.approx(km * 1000, rel=0.01)
+    # Standing still is told by the steps alone: a wander of metres over tens
+    # of seconds, or the same point again, adds nothing.
+    if name == "visnjan-car":
+        assert device.track.distance_m(*GPX_STOP) == 0.0
+        assert device.track.distance_m(GPX_PARK + 4_000, GPX_END) == 0.0
+
+
 # The trucks, as the pipeline sees them -------------------------------------------
 
 

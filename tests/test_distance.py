@@ -54,9 +54,14 @@ def test_stationary_jitter_adds_nothing():
     assert segment_m(east(0, 0, speed=5.0), east(10, 8, speed=5.0), RULES) > 7.9
 
 
-def test_unknown_speed_and_a_small_step_is_jitter():
-    assert segment_m(east(0, 0, None), east(10, 20, None), RULES) == 0.0
-    assert segment_m(east(0, 0, None), east(10, 50, None), RULES) > 49
+def test_without_reported_speed_a_small_step_is_judged_by_its_own_speed():
+    # 20 m in a minute is 1.2 km/h: a parked device wandering.
+    assert segment_m(east(0, 0, None), east(60, 20, None), RULES) == 0.0
+    # 5 m in a second is 18 km/h: a device logging every second while driving.
+    assert segment_m(east(0, 0, None), east(1, 5, None), RULES) == pytest.approx(5)
+    assert segment_m(east(0, 0, None), east(60, 50, None), RULES) > 49
+    # A reported speed, when there is one, still decides.
+    assert segment_m(east(0, 0, 0.0), east(1, 5, None), RULES) == 0.0
 
 
 def test_implausible_jump_adds_nothing_and_does_not_poison_the_path():
