@@ -11,11 +11,15 @@ import re
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, GetJsonSchemaHandler
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 # C0 and C1 controls, DEL, and UTF-16 surrogates (valid in a Python str, not in
 # UTF-8): none belongs in a plate, a name or a filter.
 UNUSABLE_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# The same rule for the OpenAPI document, so clients and fuzzers know it.
+PRINTABLE_PATTERN = "^[^\u0000-\u001f\u007f-\u009f]*$"
 EARLIEST_YEAR = 2000
 LATEST_YEAR = 2099
 
@@ -38,5 +42,21 @@ def plausible_time(value: datetime | None) -> datetime | None:
     return value
 
 
-Text = Annotated[str, AfterValidator(printable)]
-Moment = Annotated[datetime, AfterValidator(plausible_time)]
+class _Documented:
+    """Add ``extra`` to the JSON schema of the annotated type."""
+
+    def __init__(self, **extra: object) -> None:
+        self.extra = extra
+
+    def __get_pydantic_json_schema__(
+        self, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return {**handler(core_schema), **self.extra}
+
+
+Text = Annotated[str, AfterValidator(printable), _Documented(pattern=PRINTABLE_PATTERN)]
+Moment = Annotated[
+    datetime,
+    AfterValidator(plausible_time),
+    _Documented(description=f"a time in the years {EARLIEST_YEAR}..{LATEST_YEAR}"),
+]
