@@ -229,10 +229,10 @@ def test_drive_without_reported_speed_keeps_its_length(name, km):
 # The trucks, as the pipeline sees them -------------------------------------------
 
 
-def truck_pushes(name: str) -> tuple[str, list[dict], dict[str, list[int]]]:
-    """Return a truck's IMEI, cleaned /pushgps positions in arrival order, ignitions.
+def truck_raw(name: str) -> tuple[str, list[Raw], dict[str, list[int]]]:
+    """Return a truck's IMEI, its /pushgps records in arrival order, its ignitions.
 
-    The positions carry ignition on each fix, as the device reports it; the
+    The records carry ignition on each fix, as the device reports it; the
     recorded ignition events are only returned, as ground truth.
     """
     trace = load_traces([name])[0]
@@ -245,7 +245,6 @@ def truck_pushes(name: str) -> tuple[str, list[dict], dict[str, list[int]]]:
         for e in events
         if e["type"] == "vehicle-position"
     )
-    ctx = CleanContext.from_settings(settings_with())
     deliveries = sorted(
         (
             Delivery(
@@ -261,18 +260,30 @@ def truck_pushes(name: str) -> tuple[str, list[dict], dict[str, list[int]]]:
         ),
         key=lambda d: d.delivered_at,
     )
-    positions = []
-    for d in deliveries:
-        received = int(d.delivered_at.timestamp() * 1000)
-        raw = Raw("push", "pushgps", received, trace.imei, gps_record(d))
-        positions.append(clean_position(raw, ctx))
+    records = [
+        Raw(
+            "push",
+            "pushgps",
+            int(d.delivered_at.timestamp() * 1000),
+            trace.imei,
+            gps_record(d),
+        )
+        for d in deliveries
+    ]
     ignition = {"on": [], "off": []}
     for e in events:
         if e["type"] in ("vehicle-ign-on", "vehicle-ign-off"):
             moment = datetime.fromisoformat(e["ev"]["ts"].replace("+0000", "+00:00"))
             kind = "on" if e["type"] == "vehicle-ign-on" else "off"
             ignition[kind].append(int(moment.timestamp() * 1000))
-    return trace.imei, positions, ignition
+    return trace.imei, records, ignition
+
+
+def truck_pushes(name: str) -> tuple[str, list[dict], dict[str, list[int]]]:
+    """Return a truck's IMEI, cleaned /pushgps positions in arrival order, ignitions."""
+    imei, records, ignition = truck_raw(name)
+    ctx = CleanContext.from_settings(settings_with())
+    return imei, [clean_position(raw, ctx) for raw in records], ignition
 
 
 @pytest.mark.parametrize(
