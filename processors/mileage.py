@@ -14,8 +14,9 @@ figure is always kept alongside.
 
 An odometer that was reset or rolled over during the day, or that read wrong
 once, leaves its earliest reading above the lowest or its latest reading below
-the highest; such a day, like one whose readings moved faster than
-``max_plausible_speed_kmh`` from the first to the last, reports the GPS path
+the highest (by more than ``ODOMETER_SLACK_M``); such a day, like one whose
+readings moved faster than ``max_plausible_speed_kmh`` from the first to the
+last, reports the GPS path
 (``distance_source`` gps, no odometer distance). Only the extremes are kept, in
 any arrival order, so a misread between two correct readings that stays within
 them goes unseen.
@@ -42,6 +43,10 @@ DAY_SECONDS = 86_400
 # An odometer that moved more than this in a day was reset or misread; the GPS
 # path is the better figure then. The database view applies the same limit.
 MAX_ODOMETER_DAY_M = 2_000_000.0
+# How far two readings may disagree without meaning a reset or a jump: counters
+# that count whole kilometres tick by 1000 m between two fixes a second apart,
+# and a push (metres) and a poll (kilometres, rounded) of one device differ.
+ODOMETER_SLACK_M = 1_000.0
 
 
 def local_day(t_ms: int, zone: ZoneInfo) -> str:
@@ -114,10 +119,12 @@ class Day:
         first, last = self.odometer_first, self.odometer_last
         # State written before the first and last readings were kept lacks them.
         if first is not None and last is not None:
-            if first[1] != self.odometer_min or last[1] != self.odometer_max:
+            if first[1] - self.odometer_min > ODOMETER_SLACK_M:
+                return None
+            if self.odometer_max - last[1] > ODOMETER_SLACK_M:
                 return None
             hours = (last[0] - first[0]) / 3_600_000
-            if moved > 0 and moved / 1000 > max_plausible_kmh * hours:
+            if moved > max_plausible_kmh * hours * 1000 + ODOMETER_SLACK_M:
                 return None
         return moved
 

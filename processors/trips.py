@@ -55,7 +55,7 @@ from dataclasses import dataclass
 
 from fleetstream.settings import Settings
 from processors.distance import Fix, Track, haversine_m
-from processors.mileage import MAX_ODOMETER_DAY_M
+from processors.mileage import MAX_ODOMETER_DAY_M, ODOMETER_SLACK_M
 
 TRIP_NAMESPACE = uuid.UUID("5d0f6f5e-3c1b-4e55-9a57-2f6a8b1c7e21")
 DERIVED = "derived"
@@ -255,12 +255,12 @@ def odometer_runs_forward(
 
     A step backwards is a reset or a rollover; a step faster than any vehicle
     drives is a misread or a counter set by hand. Either makes the difference
-    between the first and the last reading meaningless.
+    between the first and the last reading meaningless. Both are judged with
+    ``ODOMETER_SLACK_M`` to spare, for counters that tick by the kilometre.
     """
     for (t1, m1), (t2, m2) in zip(readings, readings[1:], strict=False):
-        if m2 < m1:
-            return False
-        if m2 > m1 and (m2 - m1) / ((t2 - t1) / 1000) * 3.6 > max_plausible_kmh:
+        reachable = max_plausible_kmh / 3.6 * (t2 - t1) / 1000
+        if m1 - m2 > ODOMETER_SLACK_M or m2 - m1 > reachable + ODOMETER_SLACK_M:
             return False
     return True
 

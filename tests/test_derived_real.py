@@ -634,3 +634,24 @@ def test_days_saved_before_first_and_last_readings_were_kept_still_load():
         ).days["d"]
         == day
     )
+
+
+def test_odometer_that_ticks_by_the_kilometre_or_disagrees_by_metres_is_used():
+    t0 = utc("2026-03-02 06:00:00")
+    # Fixes a second apart at 60 km/h; a counter of whole kilometres ticks on
+    # one of them, and every other reading comes from a poll rounded to 100 m.
+    fixes = drive(t0, 30, every_s=1, acc=True)
+    for i, fix in enumerate(fixes):
+        metres = 80_000_000.0 + i * 1000 / 60
+        fix["odometer_m"] = float(int(metres // 1000) * 1000)
+        if i % 2:
+            fix["odometer_m"] = round(metres, -2) - 40.0
+    fixes.append({**fixes[-1], "gps_time": t0 + 31 * 60_000, "acc_on": False})
+
+    device, trips = derive(settings_with(), IMEI, fixes)
+
+    day = device.day_record("2026-03-02", 0)
+    assert day["distance_source"] == "odometer"
+    assert day["distance_m"] == pytest.approx(30_000, abs=1_100)
+    assert trips[0]["distance_source"] == "odometer"
+    assert trips[0]["distance_m"] == pytest.approx(30_000, abs=1_100)
