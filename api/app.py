@@ -133,10 +133,12 @@ async def _value_refused(request: Request, exc: Exception) -> JSONResponse:
     logger.info("input refused for %s: %s", request.url.path, type(exc).__name__)
     # The first line names the problem; it may quote the caller's own value.
     reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-    return JSONResponse(
-        {"detail": f"a value in the request cannot be used: {reason}"},
-        status_code=422,
-    )
+    error = {
+        "type": "value_error",
+        "loc": ["request"],
+        "msg": f"a value in the request cannot be used: {reason}",
+    }
+    return JSONResponse({"detail": [error]}, status_code=422)
 
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:

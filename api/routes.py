@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, Field, field_validator
 
-from api.inputs import Moment, Text
+from api.inputs import Moment, Text, invalid
 from api.rows import json_row, json_rows, utc_iso
 
 logger = logging.getLogger(__name__)
@@ -75,12 +75,14 @@ class FleetQuery(BaseModel):
             days=DEFAULT_RANGE_DAYS
         )
         if end <= start:
-            raise HTTPException(
-                422, f"end {utc_iso(end)} is not after start {utc_iso(start)}"
+            raise invalid(
+                ("body", "end"),
+                f"end {utc_iso(end)} is not after start {utc_iso(start)}",
             )
         if end - start > timedelta(days=MAX_RANGE_DAYS):
-            raise HTTPException(
-                422, f"the range spans more than {MAX_RANGE_DAYS} days; narrow it"
+            raise invalid(
+                ("body", "start"),
+                f"the range spans more than {MAX_RANGE_DAYS} days; narrow it",
             )
         return start, end
 
@@ -159,7 +161,9 @@ async def vehicle_track(
             vehicle_number,
         )
         if plate["norm"] is None:
-            raise HTTPException(422, "vehicle_number holds no letters or digits")
+            raise invalid(
+                ("query", "vehicle_number"), "vehicle_number holds no letters or digits"
+            )
         if plate["vehicle_number"] is None:
             raise HTTPException(
                 404,

@@ -236,7 +236,8 @@ async def test_track_rejects_a_plate_without_characters(client):
     )
 
     assert response.status_code == 422
-    assert "no letters or digits" in response.json()["detail"]
+    assert response.json()["detail"][0]["loc"] == ["query", "vehicle_number"]
+    assert "no letters or digits" in response.json()["detail"][0]["msg"]
 
 
 def trip_ids(response: httpx.Response) -> list[str]:

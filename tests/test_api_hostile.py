@@ -24,6 +24,13 @@ BAD_CHARACTERS = ["\x00", "KCX\x00789C", "\x1b[2J", "a\tb", "\x7f", "\x9b", "\ud
 LONG = "K" * 10_000
 
 
+def assert_reasons(response: httpx.Response) -> None:
+    """Assert a 422 carries reasons in the shape the OpenAPI document declares."""
+    errors = response.json()["detail"]
+    assert isinstance(errors, list) and errors, errors
+    assert all(error["msg"] and isinstance(error["loc"], list) for error in errors)
+
+
 @pytest.fixture
 async def client(settings):
     app = create_app(settings, refresh_views=False)
@@ -52,7 +59,7 @@ async def test_hostile_query_parameters_are_refused_with_a_reason(client, path, 
     response = await client.get(path, params=params)
 
     assert response.status_code == 422, (params, response.text[:300])
-    assert response.json()["detail"]
+    assert_reasons(response)
 
 
 def body_cases() -> list[dict | list | str]:
@@ -87,7 +94,7 @@ async def test_hostile_dashboard_bodies_are_refused_with_a_reason(client, body):
     )
 
     assert response.status_code == 422, (body, response.text[:300])
-    assert response.json()["detail"]
+    assert_reasons(response)
 
 
 async def test_control_characters_are_named_in_the_reason(client):
@@ -95,6 +102,9 @@ async def test_control_characters_are_named_in_the_reason(client):
     assert "U+0000" in str(response.json()["detail"])
     response = await client.post(DASHBOARD, json={"end": "0001-01-02T00:00:00"})
     assert "year 1 is outside 2000..2099" in str(response.json()["detail"])
+    response = await client.post(DASHBOARD, json={"start": "2000-01-01T00:00:00Z"})
+    assert response.json()["detail"][0]["loc"] == ["body", "start"]
+    assert "93 days" in response.json()["detail"][0]["msg"]
 
 
 async def test_edges_of_the_accepted_ranges_still_answer(client):
@@ -145,5 +155,7 @@ async def test_database_errors_map_to_client_or_availability_codes(
     response = await probe.get("/probe", params=params)
 
     assert response.status_code == status, response.text[:300]
+    if status == 422:
+        assert_reasons(response)
     if status == 503:
         assert response.headers["retry-after"]
