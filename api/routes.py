@@ -182,7 +182,11 @@ async def vehicle_track(
     }
 
 
-@router.post("/webhook/fleet-dashboard", summary="Trips and filter lists of the map")
+@router.post(
+    "/webhook/fleet-dashboard",
+    summary="Trips and filter lists of the map",
+    responses={400: {"description": "the body is not JSON"}},
+)
 async def fleet_dashboard(request: Request, query: FleetQuery) -> dict[str, Any]:
     """Return the trips matching the filters, their totals and the filter lists."""
     async with request.app.state.pool.acquire() as conn:
