@@ -5,6 +5,9 @@ in the next, uses empty strings and ``null`` for missing values, mixes three
 time formats and marks unknown values with sentinels such as ``-1``. Every
 reader here treats ``None`` and ``""`` (after trimming) as missing and raises
 ``RejectedRecord`` naming the field when a present value cannot be read.
+Numbers are read from ASCII text only, and every number, integer and time has a
+range; a value outside it is a rejection that names the field, the kind of
+value and the range allowed, never a crash of the reader.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ NUMBER_LIMIT = 1e15
 # Avro's int and long, the widths of every integer field of the clean schemas.
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
-# Times outside these years are corrupt: no record, registry date included, is.
+# No record, registry dates included, carries a time outside these years.
 EPOCH_MS_RANGE = (-2_208_988_800_000, 7_258_118_400_000)  # 1900 to 2200 UTC
 
 POS_TYPE_BY_CODE = {1: "GPS", 2: "LBS", 3: "WIFI", 5: "BEACON"}
@@ -55,10 +58,7 @@ def first(record: dict, *names: str) -> object:
 
 
 def number(value: object, field: str) -> float | None:
-    """Return a finite float within ``NUMBER_LIMIT`` from a number or ASCII text.
-
-    None when missing.
-    """
+    """Return a float within ``NUMBER_LIMIT`` from a number or ASCII text, or None."""
     cls = value.__class__
     # Fast path for JSON numbers; x - x is 0.0 only for finite x.
     if cls is float and value - value == 0.0 and -NUMBER_LIMIT <= value <= NUMBER_LIMIT:
