@@ -411,14 +411,18 @@ def test_a_fix_years_off_makes_no_long_trip_and_no_distance(jump_first, stamp):
     assert set(days) <= {local_day(utc(stamp), device.config.zone), "2026-03-02"}
 
 
-def test_a_device_off_for_three_days_closes_its_trip_at_the_last_fix():
+# Ignition reported, or motion alone.
+@pytest.mark.parametrize(("acc", "acc_off"), [(True, False), (None, None)])
+def test_a_device_off_for_three_days_closes_its_trip_at_the_last_fix(acc, acc_off):
     t0 = utc("2026-03-02 06:00:00")
-    before = drive(t0, 20, acc=True)
-    # Switched off with ignition on (power cut); back three days later, 50 km
+    before = drive(t0, 20, acc=acc)
+    # Switched off while driving (power cut); back three days later, 50 km
     # away, driving. No wall-clock silence: the fixes are processed back to back.
     t1 = t0 + 3 * 86_400_000
-    after = drive(t1, 10, lng0=36.8 + 70 * KM_LNG, acc=True) + [
-        position(IMEI, t1 + 11 * 60_000, 0.0, 36.8 + 80 * KM_LNG, speed=0.0, acc=False)
+    after = drive(t1, 10, lng0=36.8 + 70 * KM_LNG, acc=acc) + [
+        position(
+            IMEI, t1 + 11 * 60_000, 0.0, 36.8 + 80 * KM_LNG, speed=0.0, acc=acc_off
+        )
     ]
 
     device, trips = derive(settings_with(), IMEI, before + after)
