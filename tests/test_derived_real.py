@@ -129,7 +129,7 @@ def gpx_moving_path_m(positions: list[dict]) -> float:
 def test_gpx_car_is_one_trip_through_its_two_minute_stop():
     imei, positions = trace_positions("visnjan-car", GPX_START)
     moving = gpx_moving_path_m(positions)
-    assert 2_600 < moving < 2_750, "the README's drive of about 2.7 km"
+    assert 2_600 < moving < 2_750, "a drive of about 2.7 km"
 
     device, trips = derive(settings_with(), imei, positions)
 
