@@ -41,7 +41,7 @@ VARIANT = r"(?:\.(timescaledb|postgres))?\.sql$"
 VERSIONED_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+?)" + VARIANT)
 REPEATABLE_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+?)" + VARIANT)
 PARTITIONS_AHEAD = "3 months"
-BAKED_SETTINGS = ("fleet_timezone",)
+BAKED_SETTINGS = ("fleet_timezone", "max_fix_gap_seconds")
 
 
 class MigrationError(FleetstreamError):
@@ -170,9 +170,10 @@ def _verify(scripts: list[Script], ledger: dict) -> None:
 async def _settings_salt(conn: asyncpg.Connection, overrides: dict[str, str]) -> str:
     """Return the settings that repeatable files bake in, as checksum salt.
 
-    Only the fleet zone is fixed at creation (the continuous aggregate's buckets);
-    other settings are read when a query runs and need no rebuild. ``overrides``
-    are values about to be stored, so that a dry run plans what a run would do.
+    The fleet zone (the continuous aggregate's buckets) and the fix gap (which
+    steps its materialised days counted) are fixed at creation; other settings
+    are read when a query runs and need no rebuild. ``overrides`` are values
+    about to be stored, so that a dry run plans what a run would do.
     """
     exists = await conn.fetchval(
         "SELECT to_regclass('tracksolid.settings') IS NOT NULL"
@@ -303,15 +304,20 @@ async def migrate(
     *,
     dry_run: bool = False,
     fleet_timezone: str | None = None,
+    max_fix_gap_seconds: float | None = None,
     root: Path = ROOT,
 ) -> list[str]:
     """Bring the database at ``url`` up to date; return the steps taken or planned.
 
     ``fleet_timezone`` is stored in ``tracksolid.settings`` (the local day of
     daily reports); omitted, the stored value (default Africa/Nairobi) stays.
+    ``max_fix_gap_seconds`` likewise (default 3600): the longest silence a step
+    of the daily GPS distance may span.
     ``root`` holds the ``versioned`` and ``repeatable`` folders.
     """
     settings = {"fleet_timezone": fleet_timezone} if fleet_timezone else {}
+    if max_fix_gap_seconds is not None:
+        settings["max_fix_gap_seconds"] = repr(float(max_fix_gap_seconds))
     server_settings = {"timezone": "UTC", "application_name": "fleetstream-migrate"}
     # No statement cache: PGlite shares one session between successive connections,
     # so cached statement names of an earlier connection would collide.
@@ -339,6 +345,7 @@ def main(settings, dry_run: bool = False) -> None:
             settings.database_url,
             dry_run=dry_run,
             fleet_timezone=settings.fleet_timezone,
+            max_fix_gap_seconds=settings.max_fix_gap_seconds,
         )
 
     steps = asyncio.run(run())
