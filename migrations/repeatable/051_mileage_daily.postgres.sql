@@ -6,8 +6,9 @@
 -- comment.
 DO $$
 DECLARE
-    marker text := format('Distance per vehicle and local day, zone %s, definition 2.',
-                          tracksolid.fleet_timezone());
+    marker text := format(
+        'Distance per vehicle and local day, zone %s, fix gap %s s, definition 3.',
+        tracksolid.fleet_timezone(), tracksolid.max_fix_gap_seconds());
 BEGIN
     IF obj_description(to_regclass('tracksolid.v_mileage_daily_cagg'), 'pg_class')
        = marker THEN
@@ -24,6 +25,10 @@ BEGIN
         odometer_readings bigint NOT NULL,
         odometer_delta_m double precision,
         gps_km double precision,
+        odometer_min_m double precision,
+        odometer_first_m double precision,
+        odometer_last_m double precision,
+        odometer_span_s double precision,
         PRIMARY KEY (imei, day_start)
     );
     CREATE INDEX v_mileage_daily_cagg_day_start
@@ -42,6 +47,7 @@ CREATE OR REPLACE FUNCTION tracksolid.refresh_mileage_daily(
     AS $$
 DECLARE
     zone text := tracksolid.fleet_timezone();
+    gap double precision := tracksolid.max_fix_gap_seconds();
     started timestamptz := clock_timestamp();
     lo timestamptz;
     hi timestamptz;
@@ -57,32 +63,46 @@ BEGIN
     WHERE day_start >= lo AND day_start < hi;
     -- Set-based rather than through tracksolid.path_km: the same steps and rule,
     -- several times faster. Partitioning by pos_type = 'GPS' makes each GPS
-    -- fix's previous fix the previous GPS fix of the same day.
-    INSERT INTO tracksolid.v_mileage_daily_cagg
+    -- fix's previous fix the previous GPS fix of the same day. A positive
+    -- odometer reading also travels as [epoch, metres], so that the lowest and
+    -- highest of those pairs are the day's earliest and latest readings.
+    INSERT INTO tracksolid.v_mileage_daily_cagg (
+        imei, day_start, fixes, first_fix, last_fix, max_speed_kmh,
+        odometer_readings, odometer_delta_m, gps_km, odometer_min_m,
+        odometer_first_m, odometer_last_m, odometer_span_s)
     SELECT imei,
            day_start,
            count(*),
            min(gps_time),
            max(gps_time),
            max(speed_kmh),
-           count(odometer_m),
-           max(odometer_m) - min(odometer_m),
+           count(odometer),
+           max(odometer) - min(odometer),
            coalesce(sum(step_m) FILTER (
                WHERE is_gps AND tracksolid.step_counts(step_m, step_s, speed_kmh,
-                                                       prev_speed_kmh)), 0) / 1000
+                                                       prev_speed_kmh, gap)), 0) / 1000,
+           min(odometer),
+           (min(reading))[2],
+           (max(reading))[2],
+           (max(reading))[1] - (min(reading))[1]
     FROM (
-        SELECT imei, gps_time, speed_kmh, odometer_m, day_start, is_gps,
+        SELECT imei, gps_time, speed_kmh, odometer, reading, day_start, is_gps,
                prev_speed_kmh,
                tracksolid.distance_m(prev_lat, prev_lng, lat, lng) AS step_m,
                extract(epoch FROM gps_time - prev_time) AS step_s
         FROM (
-            SELECT imei, gps_time, lat, lng, speed_kmh, odometer_m, day_start, is_gps,
+            SELECT imei, gps_time, lat, lng, speed_kmh, odometer, reading, day_start,
+                   is_gps,
                    lag(gps_time) OVER w AS prev_time,
                    lag(lat) OVER w AS prev_lat,
                    lag(lng) OVER w AS prev_lng,
                    lag(speed_kmh) OVER w AS prev_speed_kmh
             FROM (
-                SELECT imei, gps_time, lat, lng, speed_kmh, odometer_m,
+                SELECT imei, gps_time, lat, lng, speed_kmh,
+                       CASE WHEN odometer_m > 0 THEN odometer_m END AS odometer,
+                       CASE WHEN odometer_m > 0 THEN ARRAY[
+                           extract(epoch FROM gps_time)::double precision, odometer_m]
+                       END AS reading,
                        pos_type = 'GPS' AS is_gps,
                        date_trunc('day', gps_time AT TIME ZONE zone)
                            AT TIME ZONE zone AS day_start

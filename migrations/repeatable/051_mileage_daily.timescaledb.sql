@@ -10,8 +10,10 @@
 DO $$
 DECLARE
     zone text := tracksolid.fleet_timezone();
-    marker text := format('Distance per vehicle and local day, zone %s, definition 2.',
-                          zone);
+    -- The gap decides which steps the materialised days counted.
+    marker text := format(
+        'Distance per vehicle and local day, zone %s, fix gap %s s, definition 3.',
+        zone, tracksolid.max_fix_gap_seconds());
 BEGIN
     IF obj_description(to_regclass('tracksolid.v_mileage_daily_cagg'), 'pg_class')
        = marker THEN
@@ -27,11 +29,25 @@ BEGIN
                min(gps_time) AS first_fix,
                max(gps_time) AS last_fix,
                max(speed_kmh) AS max_speed_kmh,
-               count(odometer_m) AS odometer_readings,
-               max(odometer_m) - min(odometer_m) AS odometer_delta_m,
+               count(odometer_m) FILTER (WHERE odometer_m > 0) AS odometer_readings,
+               max(odometer_m) FILTER (WHERE odometer_m > 0)
+                   - min(odometer_m) FILTER (WHERE odometer_m > 0)
+                   AS odometer_delta_m,
                tracksolid.path_km(CASE WHEN pos_type = 'GPS' THEN
                    ROW(gps_time, lat, lng, speed_kmh)::tracksolid.path_point END)
-                   AS gps_km
+                   AS gps_km,
+               min(odometer_m) FILTER (WHERE odometer_m > 0) AS odometer_min_m,
+               -- The lowest and highest [epoch, metres] pair of the positive
+               -- readings are the day's earliest and latest.
+               (min(ARRAY[extract(epoch FROM gps_time)::double precision, odometer_m])
+                   FILTER (WHERE odometer_m > 0))[2] AS odometer_first_m,
+               (max(ARRAY[extract(epoch FROM gps_time)::double precision, odometer_m])
+                   FILTER (WHERE odometer_m > 0))[2] AS odometer_last_m,
+               (max(ARRAY[extract(epoch FROM gps_time)::double precision, odometer_m])
+                   FILTER (WHERE odometer_m > 0))[1]
+                   - (min(ARRAY[extract(epoch FROM gps_time)::double precision,
+                                odometer_m]) FILTER (WHERE odometer_m > 0))[1]
+                   AS odometer_span_s
         FROM tracksolid.position_history
         GROUP BY imei, time_bucket(interval '1 day', gps_time, %1$L)
         WITH NO DATA$sql$, zone);
