@@ -373,7 +373,8 @@ class ProducerHolder:
 
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    # isdigit() alone accepts non-ASCII digits such as "\u00b2", which int() refuses.
+    if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise Refused(
             413, "body_too_large", f"body of {declared} bytes exceeds {limit}"
         )

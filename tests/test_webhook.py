@@ -776,3 +776,22 @@ async def test_lone_surrogates_are_published_escaped_not_refused(receiver):
     assert json.loads(events[b"860001000000012"]["payload"]) == json.loads(odd)
     assert events[None]["imei"] is None
     assert json.loads(events[None]["payload"]) == json.loads(odd_imei)
+
+
+async def test_a_content_length_with_non_ascii_digits_is_not_a_server_error(
+    make_settings,
+):
+    settings = make_settings()
+    app = create_app(settings)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.post(
+            "/pushgps",
+            content=b"token=x&data_list=[]",
+            headers=[
+                (b"content-type", b"application/x-www-form-urlencoded"),
+                (b"content-length", "\u00b2\u00b3".encode("latin-1")),
+            ],
+        )
+
+    assert response.status_code < 500
