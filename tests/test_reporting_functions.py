@@ -181,6 +181,118 @@ def expected_mileage() -> list[tuple]:
     ]
 
 
+# The stream's rules for daily distance, one device-day each in April (outside
+# MILEAGE_QUERY): a silence longer than the fix gap, fixes without speed, and
+# odometers that were reset, jumped, ran backwards or disagree within slack.
+D5, D6, D7, D8, D9, D10 = (f"8600000000000{n:02d}" for n in range(5, 11))
+# Points 0.0001 degrees of latitude apart are this many km apart.
+SMALL_STEP_KM = 6371008.8 * math.radians(0.0001) / 1000
+
+RULES_SQL = f"""
+INSERT INTO tracksolid.position_history (imei, gps_time, lat, lng, speed_kmh,
+    acc_on, pos_type, odometer_m, source, origin, received_at)
+SELECT imei, t::timestamptz, lat, 36.9, speed, true, 'GPS', odometer, 'push',
+       'pushgps', now()
+FROM (VALUES
+    -- D5: 1 km steps at 60 km/h; the fourth fix follows 3601 s of silence, the
+    -- sixth exactly 3600 s after the fifth.
+    ('{D5}', '2026-04-02 06:00:00+00', -1.0, 60.0, NULL::float8),
+    ('{D5}', '2026-04-02 06:01:00+00', -0.991, 60, NULL),
+    ('{D5}', '2026-04-02 06:02:00+00', -0.982, 60, NULL),
+    ('{D5}', '2026-04-02 07:02:01+00', -0.973, 60, NULL),
+    ('{D5}', '2026-04-02 07:03:01+00', -0.964, 60, NULL),
+    ('{D5}', '2026-04-02 08:03:01+00', -0.955, 60, NULL),
+    -- D7: reset to 100 m in the middle of the day.
+    ('{D7}', '2026-04-04 06:00:00+00', -1.0, 50, 500000),
+    ('{D7}', '2026-04-04 06:10:00+00', -0.991, 50, 507100),
+    ('{D7}', '2026-04-04 06:20:00+00', -0.982, 50, 100),
+    ('{D7}', '2026-04-04 06:30:00+00', -0.973, 50, 7200),
+    -- D8: 993 km in ten minutes.
+    ('{D8}', '2026-04-05 06:00:00+00', -1.0, 50, 500000),
+    ('{D8}', '2026-04-05 06:10:00+00', -0.991, 50, 507100),
+    ('{D8}', '2026-04-05 06:20:00+00', -0.982, 50, 1500000),
+    ('{D8}', '2026-04-05 06:30:00+00', -0.973, 50, 1507100),
+    -- D9: running backwards.
+    ('{D9}', '2026-04-06 06:00:00+00', -1.0, 50, 507100),
+    ('{D9}', '2026-04-06 06:10:00+00', -0.991, 50, 500000),
+    -- D10: a first reading 400 m above the next (a poll rounded against a push)
+    -- and a zero from a device that lost its counter: 14.2 km by odometer.
+    ('{D10}', '2026-04-07 06:00:00+00', -1.0, 50, 500400),
+    ('{D10}', '2026-04-07 06:05:00+00', -0.9955, 50, 500000),
+    ('{D10}', '2026-04-07 06:10:00+00', -0.991, 50, 0),
+    ('{D10}', '2026-04-07 06:20:00+00', -0.982, 50, 507100),
+    ('{D10}', '2026-04-07 06:30:00+00', -0.973, 50, 514200)
+) AS v (imei, t, lat, speed, odometer);
+
+-- D6 reports no speed: ten 11 m steps a second apart (40 km/h, a drive), then
+-- ten 0-6 m steps a minute apart (parked), then an 11 m step a second long from
+-- a fix that reports 0 km/h (the reported speed decides: jitter).
+INSERT INTO tracksolid.position_history (imei, gps_time, lat, lng, speed_kmh,
+    acc_on, pos_type, source, origin, received_at)
+SELECT '{D6}', timestamptz '2026-04-03 06:00:00+00' + n * interval '1 second',
+       -1.0 + n * 0.0001, 36.9, NULL::float8, true, 'GPS', 'push', 'pushgps', now()
+FROM generate_series(0, 10) n
+UNION ALL
+SELECT '{D6}', timestamptz '2026-04-03 06:00:10+00' + n * interval '1 minute',
+       -0.999 + (n % 2) * 0.00005, 36.9, NULL, false, 'GPS', 'push', 'pushgps',
+       now()
+FROM generate_series(1, 10) n
+UNION ALL
+SELECT '{D6}', timestamptz '2026-04-03 06:11:00+00', -0.999, 36.9, 0, false, 'GPS',
+       'push', 'pushgps', now()
+UNION ALL
+SELECT '{D6}', timestamptz '2026-04-03 06:11:01+00', -0.9989, 36.9, NULL, false,
+       'GPS', 'push', 'pushgps', now();
+"""
+
+RULES_QUERY = (
+    "SELECT imei, local_date, fixes, round(distance_km::numeric, 6) AS km, "
+    "distance_source, round(gps_km::numeric, 6) AS gps_km "
+    "FROM tracksolid.v_mileage_daily WHERE local_date >= '2026-04-01' "
+    "AND local_date < '2026-05-01' ORDER BY imei, local_date"
+)
+
+
+async def seed_mileage_rules(conn) -> None:
+    """Load the device-days of the daily distance rules and refresh them."""
+    await conn.execute(RULES_SQL)
+    await conn.execute("SELECT tracksolid.refresh_mileage_daily(NULL, NULL)")
+
+
+def expected_rule_days() -> list[tuple]:
+    """Return (imei, local date, fixes, km, source, gps km) of the rule days."""
+    km = round(STEP_KM, 6)
+    return [
+        (D5, "2026-04-02", 6, round(4 * STEP_KM, 6), "gps", round(4 * STEP_KM, 6)),
+        (
+            D6,
+            "2026-04-03",
+            23,
+            round(10 * SMALL_STEP_KM, 6),
+            "gps",
+            round(10 * SMALL_STEP_KM, 6),
+        ),
+        (D7, "2026-04-04", 4, round(3 * STEP_KM, 6), "gps", round(3 * STEP_KM, 6)),
+        (D8, "2026-04-05", 4, round(3 * STEP_KM, 6), "gps", round(3 * STEP_KM, 6)),
+        (D9, "2026-04-06", 2, km, "gps", km),
+        (D10, "2026-04-07", 5, 14.2, "odometer", round(3 * STEP_KM, 6)),
+    ]
+
+
+def rule_days(rows) -> list[tuple]:
+    return [
+        (
+            r["imei"],
+            str(r["local_date"]),
+            r["fixes"],
+            float(r["km"]),
+            r["distance_source"],
+            float(r["gps_km"]),
+        )
+        for r in rows
+    ]
+
+
 @pytest.fixture
 async def fleet(database_url):
     conn = await asyncpg.connect(database_url)
@@ -438,3 +550,84 @@ async def test_normalize_plate_never_merges_distinct_characters(database_url):
         await conn.close()
     # Only a letter and its own lower case may meet.
     assert [(r["a"], r["b"]) for r in merged] == [("O", "o")]
+
+
+@pytest.fixture
+async def rules(database_url):
+    conn = await asyncpg.connect(database_url)
+    await seed_mileage_rules(conn)
+    yield conn
+    await conn.close()
+
+
+async def test_daily_mileage_follows_the_stream_rules(rules):
+    got = rule_days(await rules.fetch(RULES_QUERY))
+
+    assert got == expected_rule_days()
+
+
+async def test_no_distance_across_a_silence_longer_than_the_fix_gap(rules):
+    # D5's 3601 s silence counts once the gap allows it.
+    await rules.execute(
+        "INSERT INTO tracksolid.settings (key, value) "
+        "VALUES ('max_fix_gap_seconds', '3601')"
+    )
+    await rules.execute("SELECT tracksolid.refresh_mileage_daily(NULL, NULL)")
+    wider = await rules.fetchval(
+        "SELECT gps_km FROM tracksolid.v_mileage_daily WHERE imei = $1", D5
+    )
+    await rules.execute(
+        "UPDATE tracksolid.settings SET value = '60' WHERE key = 'max_fix_gap_seconds'"
+    )
+    await rules.execute("SELECT tracksolid.refresh_mileage_daily(NULL, NULL)")
+    # Only the steps a minute apart are left: 06:00-06:02 and 07:02-07:03.
+    narrower = await rules.fetchval(
+        "SELECT gps_km FROM tracksolid.v_mileage_daily WHERE imei = $1", D5
+    )
+
+    assert wider == pytest.approx(5 * STEP_KM, abs=1e-6)
+    assert narrower == pytest.approx(3 * STEP_KM, abs=1e-6)
+
+
+async def test_path_aggregate_measures_like_the_refresh(rules):
+    # tracksolid.path_km is what the TimescaleDB continuous aggregate uses.
+    rows = await rules.fetch(
+        "SELECT imei, tracksolid.path_km(ROW(gps_time, lat, lng, speed_kmh)"
+        "::tracksolid.path_point) AS km FROM tracksolid.position_history "
+        "WHERE gps_time >= '2026-04-01' AND gps_time < '2026-05-01' "
+        "GROUP BY imei ORDER BY imei"
+    )
+
+    assert [(r["imei"], round(r["km"], 6)) for r in rows] == [
+        (imei, gps_km) for imei, _, _, _, _, gps_km in expected_rule_days()
+    ]
+
+
+@pytest.mark.parametrize(
+    ("readings", "source"),
+    [
+        # (readings, delta, min, first, last, span s) -> usable?
+        ((2, 14_200.0, 500_000.0, 500_000.0, 514_200.0, 1800.0), True),
+        ((1, 0.0, 500_000.0, 500_000.0, 500_000.0, 0.0), False),
+        ((2, 2e6, 500_000.0, 500_000.0, 2_500_000.0, 86_000.0), False),
+        # 1 km of slack either end, not a metre more.
+        ((3, 14_200.0, 500_000.0, 501_000.0, 514_200.0, 1800.0), True),
+        ((3, 14_200.0, 500_000.0, 501_000.1, 514_200.0, 1800.0), False),
+        ((3, 14_200.0, 500_000.0, 500_000.0, 513_200.0, 1800.0), True),
+        ((3, 14_200.0, 500_000.0, 500_000.0, 513_199.9, 1800.0), False),
+        # 250 km/h over an hour plus 1 km.
+        ((2, 251_000.0, 0.1, 0.1, 251_000.1, 3600.0), True),
+        ((2, 251_000.1, 0.1, 0.1, 251_000.2, 3600.0), False),
+        ((2, None, None, None, None, None), False),
+    ],
+)
+async def test_odometer_checks_at_their_limits(database_url, readings, source):
+    conn = await asyncpg.connect(database_url)
+    try:
+        usable = await conn.fetchval(
+            "SELECT tracksolid.odometer_usable($1, $2, $3, $4, $5, $6)", *readings
+        )
+    finally:
+        await conn.close()
+
+    assert usable is source
