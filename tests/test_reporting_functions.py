@@ -13,6 +13,9 @@ from datetime import datetime
 import asyncpg
 import pytest
 
+from fleetstream.settings import Settings
+from processors.derived import DerivedConfig, DeviceDerivation
+
 D1, D2, D3, D4 = (f"86000000000000{n}" for n in range(1, 5))
 # Points 0.009 degrees of latitude apart are this many km apart on our sphere.
 STEP_KM = 6371008.8 * math.radians(0.009) / 1000
@@ -564,6 +567,39 @@ async def test_daily_mileage_follows_the_stream_rules(rules):
     got = rule_days(await rules.fetch(RULES_QUERY))
 
     assert got == expected_rule_days()
+
+
+async def test_stream_gives_the_rule_days_the_same_figures(rules):
+    rows = await rules.fetch(
+        "SELECT imei, (extract(epoch FROM gps_time) * 1000)::bigint AS gps_time, "
+        "lat, lng, speed_kmh, acc_on, odometer_m, pos_type "
+        "FROM tracksolid.position_history "
+        "WHERE gps_time >= '2026-04-01' AND gps_time < '2026-05-01' "
+        "ORDER BY imei, gps_time"
+    )
+    config = DerivedConfig.from_settings(
+        Settings(environment="test", fleet_timezone="Africa/Nairobi")
+    )
+
+    stream = []
+    for imei, day, *_ in expected_rule_days():
+        device = DeviceDerivation(imei, config)
+        for row in rows:
+            if row["imei"] == imei:
+                device.apply(config.fix(dict(row)), 1_000)
+        record = device.day_record(day, 0)
+        stream.append(
+            (
+                imei,
+                day,
+                record["fixes"],
+                round(record["distance_m"] / 1000, 6),
+                record["distance_source"],
+                round(record["gps_distance_m"] / 1000, 6),
+            )
+        )
+
+    assert stream == expected_rule_days()
 
 
 async def test_no_distance_across_a_silence_longer_than_the_fix_gap(rules):
