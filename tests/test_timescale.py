@@ -21,13 +21,19 @@ import asyncpg
 import pytest
 from test_reporting_functions import (
     D1,
+    D5,
     LIVE_QUERY,
     MILEAGE_QUERY,
+    RULES_QUERY,
+    STEP_KM,
     TRACK_QUERY,
     TRIP_CASES,
     TRIPS_QUERY,
     expected_mileage,
+    expected_rule_days,
+    rule_days,
     seed_fleet,
+    seed_mileage_rules,
 )
 
 from fleetstream.embedded import free_port
@@ -107,6 +113,7 @@ async def timescale(pglite_url):
     conn = await asyncpg.connect(pglite_url, statement_cache_size=0)
     try:
         await seed_fleet(conn)
+        await seed_mileage_rules(conn)
         yield first, second, conn
     finally:
         conn.terminate()
@@ -116,6 +123,7 @@ async def timescale(pglite_url):
 async def plain(database_url):
     conn = await asyncpg.connect(database_url)
     await seed_fleet(conn)
+    await seed_mileage_rules(conn)
     yield conn
     await conn.close()
 
@@ -210,6 +218,19 @@ async def test_daily_mileage_matches_real_time_then_materialised(timescale, plai
     )
 
 
+async def test_daily_distance_rules_match_real_time_then_materialised(timescale, plain):
+    conn = timescale[2]
+    on_postgres = rule_days(await plain.fetch(RULES_QUERY))
+
+    real_time = rule_days(await conn.fetch(RULES_QUERY))
+    await conn.execute(
+        f"CALL refresh_continuous_aggregate('{CAGG}', '2026-04-01', '2026-05-01')"
+    )
+    materialised = rule_days(await conn.fetch(RULES_QUERY))
+
+    assert real_time == materialised == on_postgres == expected_rule_days()
+
+
 async def test_late_fix_reaches_daily_mileage_after_refresh(timescale, plain):
     conn = timescale[2]
     late = (
@@ -235,12 +256,14 @@ async def test_late_fix_reaches_daily_mileage_after_refresh(timescale, plain):
     assert on_postgres[0][2] == expected_mileage()[0][2] + 1
 
 
-async def test_new_fleet_zone_rebuilds_the_continuous_aggregate(timescale, pglite_url):
+async def test_new_zone_and_gap_rebuild_the_continuous_aggregate(timescale, pglite_url):
     # PGlite serves one connection at a time: the module's connection must go
     # before the migrate command can connect, so this test runs last.
     timescale[2].terminate()
 
-    steps = await migrate(pglite_url, fleet_timezone="Asia/Kolkata")
+    steps = await migrate(
+        pglite_url, fleet_timezone="Asia/Kolkata", max_fix_gap_seconds=7200
+    )
 
     conn = await asyncpg.connect(pglite_url, statement_cache_size=0)
     try:
@@ -253,11 +276,16 @@ async def test_new_fleet_zone_rebuilds_the_continuous_aggregate(timescale, pglit
             "SELECT DISTINCT day_start FROM tracksolid.v_mileage_daily_cagg "
             "WHERE day_start < '2026-04-01'"
         )
+        # D5's silence of 3601 s now counts.
+        d5_km = await conn.fetchval(
+            "SELECT gps_km FROM tracksolid.v_mileage_daily WHERE imei = $1", D5
+        )
     finally:
         conn.terminate()
     assert "repeatable 051_mileage_daily.timescaledb.sql" in steps
     assert "repeatable 070_analytics_views.sql" in steps
-    assert "zone Asia/Kolkata" in comment
+    assert "zone Asia/Kolkata, fix gap 7200 s" in comment
+    assert d5_km == pytest.approx(5 * STEP_KM, abs=1e-6)
     assert jobs == 1
     # Local midnight in Kolkata (UTC+5:30) is 18:30 UTC.
     assert {(r["day_start"].hour, r["day_start"].minute) for r in days} == {(18, 30)}
