@@ -157,17 +157,18 @@ async def faust_agent_rate(settings: Settings, count: int, take: bool) -> float:
     topic = app.topic(
         settings.topic("raw", "position"), key_type=bytes, value_type=bytes
     )
-    marks: list[float] = []
+    # (time, records done) when the first records were done and at the end.
+    marks: list[tuple[float, int]] = []
     done = asyncio.Event()
     seen = 0
 
     def counted(n: int) -> None:
         nonlocal seen
-        if not marks:
-            marks.append(time.perf_counter())
         seen += n
+        if not marks:
+            marks.append((time.perf_counter(), seen))
         if seen >= count:
-            marks.append(time.perf_counter())
+            marks.append((time.perf_counter(), seen))
             done.set()
 
     if take:
@@ -192,7 +193,16 @@ async def faust_agent_rate(settings: Settings, count: int, take: bool) -> float:
         await done.wait()
     finally:
         await app.stop()
-    return count / (marks[1] - marks[0])
+    return span_rate(*marks)
+
+
+def span_rate(first: tuple[float, int], last: tuple[float, int]) -> float:
+    """Return records/s between two (time, records done) marks.
+
+    The records done by the first mark were processed before the clock started,
+    so they are left out of the rate rather than credited to it.
+    """
+    return (last[1] - first[1]) / (last[0] - first[0])
 
 
 async def processor_rate(
@@ -216,14 +226,14 @@ async def processor_rate(
         done += router.counts["duplicate"]
         now = time.perf_counter()
         if done and first is None:
-            first = now
+            first = (now, done)
         if done >= count:
-            last = now
+            last = (now, done)
             break
         await asyncio.sleep(0.01)
     stop.set()
     await worker
-    return count / (last - first), dict(router.counts)
+    return span_rate(first, last), dict(router.counts)
 
 
 async def one_round(
