@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import shutil
 import subprocess
@@ -166,6 +167,48 @@ async def test_changed_fleet_zone_rebuilds_the_daily_mileage(empty_database_url)
     assert "zone Asia/Kolkata" in comment
 
 
+async def test_changed_fix_gap_rebuilds_the_daily_mileage(empty_database_url):
+    await migrate(empty_database_url)
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        # Three 1 km steps at 60 km/h, the middle one after 2 hours of silence.
+        await conn.execute(
+            "INSERT INTO tracksolid.position_history (imei, gps_time, lat, lng, "
+            "speed_kmh, pos_type, source, origin, received_at) "
+            "SELECT '860000000000099', t::timestamptz, lat, 36.9, 60, 'GPS', "
+            "'push', 'pushgps', now() FROM (VALUES "
+            "('2026-04-02 06:00+00', -1.0), ('2026-04-02 06:01+00', -0.991), "
+            "('2026-04-02 08:01+00', -0.982), ('2026-04-02 08:02+00', -0.973)"
+            ") AS v (t, lat)"
+        )
+        await conn.execute("SELECT tracksolid.refresh_mileage_daily()")
+        before = await conn.fetchval("SELECT gps_km FROM tracksolid.v_mileage_daily")
+    finally:
+        await conn.close()
+
+    unchanged = await migrate(empty_database_url, max_fix_gap_seconds=3600)
+    steps = await migrate(empty_database_url, max_fix_gap_seconds=7200)
+    again = await migrate(empty_database_url, max_fix_gap_seconds=7200)
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        comment = await conn.fetchval(
+            "SELECT obj_description('tracksolid.v_mileage_daily_cagg'::regclass)"
+        )
+        await conn.execute("SELECT tracksolid.refresh_mileage_daily()")
+        after = await conn.fetchval("SELECT gps_km FROM tracksolid.v_mileage_daily")
+    finally:
+        await conn.close()
+
+    step_km = 6371008.8 * math.radians(0.009) / 1000
+    assert before == pytest.approx(2 * step_km, abs=1e-6)
+    # The stored default is no change; a new gap rebuilds once.
+    assert not [step for step in unchanged if step.startswith("repeatable")]
+    assert "repeatable 051_mileage_daily.postgres.sql" in steps
+    assert "fix gap 7200 s" in comment
+    assert not [step for step in again if step.startswith("repeatable")]
+    assert after == pytest.approx(3 * step_km, abs=1e-6)
+
+
 async def test_concurrent_runners_apply_each_file_once(empty_database_url):
     plans = await asyncio.gather(*(migrate(empty_database_url) for _ in range(4)))
 
@@ -280,12 +323,16 @@ async def test_cli_creates_the_database_plans_then_migrates(pg_server):
     url = with_database(pg_server, name)
     try:
         planned = await asyncio.to_thread(run_cli, url, "--dry-run")
-        zone = {"FLEETSTREAM_FLEET_TIMEZONE": "Africa/Kampala"}
+        zone = {
+            "FLEETSTREAM_FLEET_TIMEZONE": "Africa/Kampala",
+            "FLEETSTREAM_MAX_FIX_GAP_SECONDS": "900",
+        }
         done = await asyncio.to_thread(run_cli, url, **zone)
         again = await asyncio.to_thread(run_cli, url, **zone)
         conn = await asyncpg.connect(url)
         try:
             stored = await conn.fetchval("SELECT tracksolid.fleet_timezone()")
+            gap = await conn.fetchval("SELECT tracksolid.max_fix_gap_seconds()")
         finally:
             await conn.close()
     finally:
@@ -299,6 +346,7 @@ async def test_cli_creates_the_database_plans_then_migrates(pg_server):
     assert done.returncode == 0, done.stderr
     assert "ran versioned 0001_schemas.sql" in done.stdout.splitlines()
     assert stored == "Africa/Kampala"
+    assert gap == 900.0
     assert again.stdout.splitlines() == ["ran ensure_partitions 3 months: 0 created"]
 
 

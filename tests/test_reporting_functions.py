@@ -605,8 +605,8 @@ async def test_stream_gives_the_rule_days_the_same_figures(rules):
 async def test_no_distance_across_a_silence_longer_than_the_fix_gap(rules):
     # D5's 3601 s silence counts once the gap allows it.
     await rules.execute(
-        "INSERT INTO tracksolid.settings (key, value) "
-        "VALUES ('max_fix_gap_seconds', '3601')"
+        "UPDATE tracksolid.settings SET value = '3601' "
+        "WHERE key = 'max_fix_gap_seconds'"
     )
     await rules.execute("SELECT tracksolid.refresh_mileage_daily(NULL, NULL)")
     wider = await rules.fetchval(
