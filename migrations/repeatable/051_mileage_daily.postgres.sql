@@ -2,6 +2,11 @@
 -- the TimescaleDB continuous aggregate, filled by tracksolid.refresh_mileage_daily,
 -- which the API's refresh loop calls for the recent days.
 --
+-- Each local day sums the steps between its own fixes (a bucket of the
+-- continuous aggregate sees no fix of the day before), while the stream shares
+-- the step that crosses local midnight between the two days; a vehicle driving
+-- through midnight therefore has that one step fewer here.
+--
 -- Rebuilt only when the fleet zone or this definition changes, as recorded in its
 -- comment.
 DO $$

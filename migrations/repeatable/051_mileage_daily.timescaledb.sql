@@ -4,6 +4,11 @@
 -- re-uploaded fixes; older back-fills need
 -- CALL refresh_continuous_aggregate('tracksolid.v_mileage_daily_cagg', from, to).
 --
+-- Each local day sums the steps between its own fixes (a bucket of the
+-- continuous aggregate sees no fix of the day before), while the stream shares
+-- the step that crosses local midnight between the two days; a vehicle driving
+-- through midnight therefore has that one step fewer here.
+--
 -- The zone is fixed when the aggregate is created, so it is rebuilt (and
 -- re-materialised by its policy) only when the zone or this definition changes,
 -- as recorded in its comment.
