@@ -26,6 +26,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import statistics
 import tempfile
 import time
@@ -253,9 +254,8 @@ async def main(args: argparse.Namespace) -> list[Figure]:
     server_url = os.environ.get("DATABASE_URL")
     server = None
     if not server_url:
-        server = EmbeddedPostgres(
-            Path(tempfile.mkdtemp(prefix="fs-bench-pg-")), free_port()
-        ).start()
+        scratch = Path(tempfile.mkdtemp(prefix="fs-bench-pg-"))
+        server = EmbeddedPostgres(scratch, free_port()).start()
         server_url = server.url
     name = f"fs_bench_{os.getpid()}"
     admin = await asyncpg.connect(with_database(server_url, "postgres"))
@@ -270,6 +270,7 @@ async def main(args: argparse.Namespace) -> list[Figure]:
             await admin.close()
         if server is not None:
             server.stop()
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -149,7 +150,7 @@ async def faust_agent_rate(settings: Settings, count: int, take: bool) -> float:
     """
     raw = codec("RawEvent")
     options = faust_options(settings)
-    options["datadir"] = tempfile.mkdtemp(prefix="bench-faust-")
+    options["datadir"] = tempfile.mkdtemp(prefix="faust-", dir=settings.state_dir)
     app_class = (
         EmbeddedBrokerApp if settings.broker_profile == "embedded" else faust.App
     )
@@ -237,7 +238,12 @@ async def processor_rate(
 
 
 async def one_round(
-    servers: str, profile: str, count: int, partitions: int, modules: tuple[str, ...]
+    servers: str,
+    profile: str,
+    count: int,
+    partitions: int,
+    modules: tuple[str, ...],
+    scratch: Path,
 ) -> tuple[dict[str, float], dict]:
     """Return the rate of each consumer and the processor's counts, fresh topic."""
     settings = Settings(
@@ -246,7 +252,7 @@ async def one_round(
         broker_profile=profile,
         topic_prefix=f"bench{uuid.uuid4().hex[:8]}",
         topic_partitions=partitions,
-        state_dir=Path(tempfile.mkdtemp()),
+        state_dir=Path(tempfile.mkdtemp(dir=scratch)),
     )
     await ensure_topics(settings)
     await fill(settings, raw_positions(count))
@@ -261,11 +267,11 @@ async def main(
     count: int, partitions: int, clean_only: bool, rounds: int
 ) -> list[Figure]:
     """Measure every rate ``rounds`` times; print each round and the best."""
+    scratch = Path(tempfile.mkdtemp(prefix="bench-processor-"))
     servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     broker = None
     if not servers:
-        log = Path(tempfile.mkdtemp()) / "tansu.log"
-        broker = EmbeddedBroker(free_port(), log).start()
+        broker = EmbeddedBroker(free_port(), scratch / "tansu.log").start()
         servers = broker.bootstrap_servers
     profile = (
         "embedded" if broker else os.environ.get("FLEETSTREAM_BROKER_PROFILE", "kafka")
@@ -278,7 +284,7 @@ async def main(
     try:
         for n in range(1, rounds + 1):
             rates, counts = await one_round(
-                servers, profile, count, partitions, modules
+                servers, profile, count, partitions, modules, scratch
             )
             if counts.get("position") != count:
                 raise RuntimeError(f"the processor cleaned {counts}, not {count}")
@@ -288,6 +294,7 @@ async def main(
     finally:
         if broker:
             broker.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
     # Single rounds swing with the load of the shared machine: the summary takes
     # each rate's median over the rounds rather than a lucky best.
     best = {c: max(r[c] for r in results) for c in COLUMNS}

@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -202,6 +203,7 @@ async def main(clients: int, pushes: int) -> list[Figure]:
             receiver.wait(30)
         if broker is not None:
             broker.stop()
+        shutil.rmtree(state, ignore_errors=True)
 
     pushed = len(batches) - 1
     base_rate = records / baseline_s
