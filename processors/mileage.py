@@ -22,13 +22,10 @@ any arrival order, so a misread between two correct readings that stays within
 them goes unseen.
 
 The database's daily view (``tracksolid.refresh_mileage_daily``) applies the
-same segment rules to the same fixes, with four differences (the first is
-measured on a truck recording in tests/test_derived_real.py): it sums the steps
-within each local day, so the step across midnight, which the stream shares
-between the two days, counts for neither; it counts a step across a gap longer
-than ``max_fix_gap_seconds`` when its speed is plausible; it calls every step
-under ``jitter_max_step_m`` between fixes without speed jitter; and it takes the
-highest minus the lowest odometer reading without the checks above.
+same rules to the same fixes (gap, steps without speed, odometer checks), with
+one difference, measured on a truck recording in tests/test_derived_real.py: it
+sums the steps within each local day, so the step across midnight, which the
+stream shares between the two days, counts for neither.
 """
 
 from __future__ import annotations
