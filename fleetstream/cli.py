@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Callable
 
+from aiokafka.errors import KafkaConnectionError
 from pydantic import ValidationError
 
 from fleetstream import logs
@@ -80,6 +81,13 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args, settings)
     except FleetstreamError as exc:
         print(f"fleetstream {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KafkaConnectionError as exc:
+        print(
+            f"fleetstream {args.command}: cannot reach Kafka at "
+            f"{settings.kafka_bootstrap_servers}: {exc}",
+            file=sys.stderr,
+        )
         return 2
 
 

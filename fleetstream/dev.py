@@ -14,6 +14,7 @@ import asyncio
 import fcntl
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from fleetstream.db import database_name, ensure_database
 from fleetstream.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from fleetstream.errors import ConfigError
 from fleetstream.kafka import ensure_topics
-from fleetstream.settings import Settings
+from fleetstream.settings import ENV_PREFIX, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -230,14 +231,15 @@ def _check_ports(settings: Settings) -> None:
 
 def write_env_file(path: Path, env: dict[str, str]) -> None:
     """Write the settings operator commands need to reach this pipeline."""
-    keys = (
-        "KAFKA_BOOTSTRAP_SERVERS",
-        "DATABASE_URL",
-        "FLEETSTREAM_BROKER_PROFILE",
-        "FLEETSTREAM_ENVIRONMENT",
-        "FLEETSTREAM_TOPIC_PREFIX",
+    # Everything fleetstream reads, so that `fleetstream backfill` reaches the
+    # fake platform rather than the default (real) Tracksolid node.
+    keys = sorted(
+        key
+        for key in env
+        if key.startswith(ENV_PREFIX)
+        or key in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL")
     )
-    lines = [f"{key}={env[key]}" for key in keys if key in env]
+    lines = [f"{key}={shlex.quote(env[key])}" for key in keys]
     path.write_text("\n".join(lines) + "\n")
 
 

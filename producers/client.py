@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from fleetstream.errors import FleetstreamError
+from fleetstream.errors import ConfigError, FleetstreamError
 from fleetstream.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -166,6 +166,21 @@ class TracksolidClient:
         worker: str,
         http: httpx.AsyncClient | None = None,
     ) -> None:
+        missing = [
+            f"FLEETSTREAM_{name.upper()}"
+            for name in ("tracksolid_app_key", "tracksolid_user_id")
+            if not getattr(settings, name)
+        ]
+        missing += [
+            f"FLEETSTREAM_{name.upper()}"
+            for name in ("tracksolid_app_secret", "tracksolid_user_pwd_md5")
+            if not getattr(settings, name).get_secret_value()
+        ]
+        if missing:
+            raise ConfigError(
+                f"Tracksolid credentials are not set: {', '.join(missing)}",
+                hint=f"calls would go to {settings.tracksolid_base_url} unsigned",
+            )
         self.settings = settings
         self.pool = pool
         self.worker = worker

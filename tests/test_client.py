@@ -21,6 +21,7 @@ from fakeplatform.traces import history_replay, load_traces
 from fleetstream.codec import codec
 from fleetstream.db import create_pool
 from fleetstream.embedded import free_port
+from fleetstream.errors import ConfigError
 from producers.client import (
     ApiError,
     Envelope,
@@ -368,3 +369,10 @@ async def test_unusable_answers_are_retried_like_transport_errors(
     assert all(r["result_code"] is None for r in rows)
     assert "RecursionError" in rows[2]["error"]
     assert "HTTPStatusError" in rows[3]["error"]
+
+
+def test_a_client_without_credentials_refuses_to_start(make_settings):
+    settings = make_settings(tracksolid_app_key="", tracksolid_user_id="")
+
+    with pytest.raises(ConfigError, match="TRACKSOLID_APP_KEY.*TRACKSOLID_USER_ID"):
+        TracksolidClient(settings, pool=None, worker="t")
