@@ -207,11 +207,20 @@ async def _commit_as_member(
     try:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
+        # Members that stopped without leaving expire within a session timeout;
+        # a member still holding partitions after that is alive.
+        patience = settings.kafka_tuning()["session_timeout_ms"] / 1000 * 2
+        first_assignment: float | None = None
         while consumer.assignment() != set(offsets):
-            if loop.time() > deadline:
-                raise TimeoutError(
-                    f"group {group} did not hand every partition of {topic} to the "
-                    f"rewind within {timeout_s:.0f} s; are its consumers stopped?"
+            now = loop.time()
+            if consumer.assignment() and first_assignment is None:
+                first_assignment = now
+            if (first_assignment is not None and now - first_assignment > patience) or (
+                now > deadline
+            ):
+                raise ConfigError(
+                    f"group {group} has live members holding partitions of {topic}",
+                    hint="stop the group's consumers, then rewind it",
                 )
             # Joining happens inside the poll; records read here are discarded.
             await consumer.getmany(timeout_ms=200, max_records=1)
@@ -238,7 +247,8 @@ async def follow(
     while True:
         rows = await consumer_lag(settings, group, [topic])
         remaining = sum(max(row.lag, 0) for row in rows)
-        first = remaining if first is None else first
+        # New records may arrive while the group is stopped: the total grows.
+        first = remaining if first is None else max(first, remaining)
         done = first - remaining
         elapsed = loop.time() - started
         rate = done / elapsed if elapsed > 0 else 0.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.structs import OffsetAndMetadata
@@ -149,3 +151,30 @@ async def test_replay_refuses_an_unknown_group_or_topic(make_settings):
         await replay(settings, group=f"{settings.topic_prefix}.nosuch", topic=topic)
     with pytest.raises(ConfigError, match="does not exist"):
         await replay(settings, group="any", topic=f"{settings.topic_prefix}.nosuch")
+
+
+async def test_replay_refuses_a_group_whose_consumers_are_running(make_settings):
+    settings = make_settings()
+    topic = spec("raw", "position").name(settings)
+    await ensure_topics(settings, (spec("raw", "position"),))
+    await _produce_batch(settings, topic, 4)
+    group = f"{settings.topic_prefix}.sink.position"
+    member = make_consumer(settings, topic, group_id=group)
+    await member.start()
+    running = asyncio.Event()
+
+    async def keep_polling() -> None:
+        while True:
+            await member.getmany(timeout_ms=100)
+            if member.assignment():
+                running.set()
+
+    poller = asyncio.create_task(keep_polling())
+    try:
+        await asyncio.wait_for(running.wait(), 30)
+        await member.commit({TopicPartition(topic, 0): OffsetAndMetadata(4, "")})
+        with pytest.raises(ConfigError, match="live members"):
+            await replay(settings, group=group, topic=topic)
+    finally:
+        poller.cancel()
+        await member.stop()
