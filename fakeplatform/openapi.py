@@ -43,6 +43,8 @@ MAX_ALARM_WINDOW = timedelta(days=31)
 TRACK_RETENTION = timedelta(days=92)
 # Longer than any silence between two fixes of the recorded traces.
 ALARM_CONTEXT = timedelta(minutes=10)
+# How far before a trip report window the fake looks for the start of a trip.
+TRIP_CONTEXT = timedelta(days=1)
 MAX_IMEIS = 100
 MAX_ALARM_ROWS = 1000
 # A silence longer than this between two fixes is a parking.
@@ -678,8 +680,13 @@ class FakeOpenApi:
             if imei not in self._traces:
                 continue
             total = 0.0
-            trips_of, _ = _split(self._fixes(imei, begin, end), self._min_stop)
+            # A trip report lists whole trips: one that began before the window
+            # keeps its real start, so overlapping polls name it the same way.
+            fixes = self._fixes(imei, begin - TRIP_CONTEXT, end)
+            trips_of, _ = _split(fixes, self._min_stop)
             for run in trips_of:
+                if run[-1][0] < begin:
+                    continue
                 km = _distance_km(run)
                 total += km
                 seconds = int((run[-1][0] - run[0][0]).total_seconds())
@@ -791,8 +798,11 @@ class FakeOpenApi:
         if trace is None:
             return []
         rows = []
-        _, stops = _split(self._fixes(imei, begin, end), self._min_stop)
+        # As for trips: a stop that began before the window keeps its real start.
+        _, stops = _split(self._fixes(imei, begin - TRIP_CONTEXT, end), self._min_stop)
         for stop, go in stops:
+            if go[0] < begin:
+                continue
             # A standstill with the ignition on is idling, else parking.
             acc = "on" if stop[1].acc_on else "off"
             if acc_type not in (None, "", acc):

@@ -401,3 +401,27 @@ async def test_calls_per_window_are_limited(fake):
 
     assert burst == [0, 0, 0, 1006, 1006]
     assert after == 0
+
+
+async def test_trip_report_names_a_trip_by_its_real_start_in_every_window(fake):
+    access = await token(fake)
+    now = datetime.now(UTC)
+    imei = IMEI["truck-B"]
+
+    async def trips(since: timedelta) -> list[dict]:
+        body = await request(
+            fake,
+            "jimi.device.track.mileage",
+            token=access,
+            imeis=imei,
+            begin_time=format_time(now - since),
+            end_time=format_time(now),
+        )
+        return body["result"]
+
+    whole = await trips(timedelta(hours=3))
+    tail = await trips(timedelta(minutes=20))
+
+    assert whole and tail
+    assert [t["startTime"] for t in tail] == [t["startTime"] for t in whole][-1:]
+    assert tail[-1] == whole[-1]
