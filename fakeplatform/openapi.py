@@ -45,6 +45,8 @@ TRACK_RETENTION = timedelta(days=92)
 ALARM_CONTEXT = timedelta(minutes=10)
 # How far before a trip report window the fake looks for the start of a trip.
 TRIP_CONTEXT = timedelta(days=1)
+# Alarm type id of a terminal overspeed alarm (Jimi's catalogue).
+DEVICE_OVERSPEED = "6"
 MAX_IMEIS = 100
 MAX_ALARM_ROWS = 1000
 # A silence longer than this between two fixes is a parking.
@@ -733,7 +735,9 @@ class FakeOpenApi:
                 > limit
                 >= ((previous.speed_kmh or 0) if previous else 0)
             ):
-                kind = ("overSpeed", "Overspeed alert")
+                # The device's own overspeed alarm, the one the pusher sends:
+                # both paths then report one fact (same type, same time).
+                kind = (DEVICE_OVERSPEED, "Overspeed alert")
             previous = point
             if kind is None or gps.replace(microsecond=0) < begin:
                 continue
@@ -745,7 +749,7 @@ class FakeOpenApi:
                     "account": self._owner(imei),
                     "alertTypeId": kind[0],
                     "alarmTypeName": kind[1],
-                    "alertTime": format_platform_time(gps + timedelta(seconds=2)),
+                    "alertTime": format_platform_time(gps),
                     "positioningTime": format_platform_time(gps),
                     "lat": round(point.lat, 6),
                     "lng": round(point.lng, 6),

@@ -130,6 +130,8 @@ def config_from(settings: Settings) -> FakeConfig:
     pwd = settings.tracksolid_user_pwd_md5.get_secret_value()
     if pwd:
         config.user_pwd_md5 = pwd
+    # One overspeed limit for the alarms the fake lists and the ones it pushes.
+    config.overspeed_kmh = settings.fake_push_overspeed_kmh
     return config
 
 
