@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, HTTPException, Query, Request
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.inputs import Moment, Text, invalid
 from api.rows import json_row, json_rows, utc_iso
@@ -36,10 +36,16 @@ FILTER_VIEWS = {
 }
 
 
+# Plates and names come from the operator's registry, which sets no length.
+MAX_TEXT_LENGTH = 200
+
+
 class FleetQuery(BaseModel):
     """Filters of the fleet map; empty values mean no filter."""
 
-    vehicles: list[Annotated[Text, Field(max_length=32)]] = Field(
+    model_config = ConfigDict(extra="forbid")
+
+    vehicles: list[Annotated[Text, Field(max_length=MAX_TEXT_LENGTH)]] = Field(
         default_factory=list, max_length=1000
     )
     driver: Text | None = Field(None, max_length=200)
@@ -141,7 +147,7 @@ async def vehicle_track(
         Text,
         Query(
             min_length=1,
-            max_length=32,
+            max_length=MAX_TEXT_LENGTH,
             description="plate; case, spaces, dots and dashes are ignored",
         ),
     ],

@@ -22,12 +22,17 @@
   }
 
   // Dates are whole local days: the end date is included up to its midnight.
+  // Days are the fleet's days: times without an offset are read by the API in
+  // the fleet's zone, whatever zone the browser is in.
+  function nextDay(isoDate) {
+    const day = new Date(`${isoDate}T00:00:00Z`);
+    return new Date(day.getTime() + DAY_MS).toISOString().slice(0, 10);
+  }
+
   function query() {
-    const start = new Date(`${inputs.start.value}T00:00`);
-    const end = new Date(new Date(`${inputs.end.value}T00:00`).getTime() + DAY_MS);
     return {
-      start: start.toISOString(),
-      end: end.toISOString(),
+      start: `${inputs.start.value}T00:00:00`,
+      end: `${nextDay(inputs.end.value)}T00:00:00`,
       vehicles: Array.from(inputs.vehicles.selectedOptions, (o) => o.value),
       driver: inputs.driver.value || null,
       cost_centre: inputs.costCentre.value || null,
