@@ -24,10 +24,11 @@ async def fleet_map() -> FileResponse:
 
 @router.get("/map/config", summary="Tile source and polling period of the maps")
 async def map_config(request: Request) -> dict:
-    """Return the tile URL (empty: plain background) and the live polling period."""
+    """Return the tile URL (empty: plain background), polling period and fleet zone."""
     settings = request.app.state.settings
     return {
         "tile_url": settings.map_tile_url,
         "tile_attribution": settings.map_tile_attribution,
         "live_poll_seconds": settings.map_live_poll_seconds,
+        "fleet_timezone": settings.fleet_timezone,
     }

@@ -4,8 +4,13 @@
 const Fleet = (() => {
   const NAIROBI = [-1.2921, 36.8219];
 
+  // Times are shown in the fleet's zone, the zone of its days and reports.
+  let timeZone;
+
   async function loadConfig() {
-    return requestJSON("/map/config");
+    const config = await requestJSON("/map/config");
+    timeZone = config.fleet_timezone || undefined;
+    return config;
   }
 
   // Tiles only when a tile URL is configured; otherwise a plain background with a
@@ -63,7 +68,7 @@ const Fleet = (() => {
   }
 
   function localTime(iso) {
-    return iso ? new Date(iso).toLocaleString() : "-";
+    return iso ? new Date(iso).toLocaleString(undefined, { timeZone }) : "-";
   }
 
   // Options are values or [value, label] pairs; the chosen ones stay chosen.
