@@ -151,6 +151,7 @@ def wait_for_api(port: int, timeout: float = 60.0) -> bool:
 
 def banner(settings: Settings, bootstrap: str, db_url: str, state: Path) -> str:
     base = f"http://127.0.0.1:{settings.api_port}"
+    fake = f"http://127.0.0.1:{settings.fake_platform_port}"
     return "\n".join(
         [
             "",
@@ -160,7 +161,7 @@ def banner(settings: Settings, bootstrap: str, db_url: str, state: Path) -> str:
             f"  API             {base}/webhook/live-positions",
             f"  OpenAPI docs    {base}/docs",
             f"  webhook         http://127.0.0.1:{settings.webhook_port}/pushgps",
-            f"  fake platform   http://127.0.0.1:{settings.fake_platform_port}/route/rest",
+            f"  fake platform   {fake}/route/rest",
             f"  Kafka           {bootstrap}",
             f"  PostgreSQL      {db_url}",
             f"  operator tools  set -a; . {state / 'dev.env'}; set +a; fleetstream lag",
