@@ -28,6 +28,17 @@ async def _produce_batch(settings, topic: str, count: int) -> None:
         await producer.stop()
 
 
+async def _commit(settings, group: str, tp: TopicPartition, offset: int) -> None:
+    """Commit ``offset`` for ``group`` from outside the group, as a tool would."""
+    consumer = make_consumer(settings, group_id=group)
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        await consumer.commit({tp: OffsetAndMetadata(offset, "")})
+    finally:
+        await consumer.stop()
+
+
 async def test_high_watermark_is_exact_after_multi_record_batches(make_settings):
     settings = make_settings()
     topic = spec("raw", "position").name(settings)
@@ -73,13 +84,7 @@ async def test_lag_and_replay_rewind_a_group(make_settings):
     await _produce_batch(settings, topic, 12)
     group = f"{settings.topic_prefix}.test-group"
     tp = TopicPartition(topic, 0)
-    consumer = make_consumer(settings, group_id=group)
-    await consumer.start()
-    try:
-        consumer.assign([tp])
-        await consumer.commit({tp: OffsetAndMetadata(5, "")})
-    finally:
-        await consumer.stop()
+    await _commit(settings, group, tp, 5)
 
     before = {r.partition: r for r in await consumer_lag(settings, group, [topic])}
     rewound = await replay(settings, group=group, topic=topic)
@@ -101,13 +106,7 @@ async def test_follow_reports_remaining_lag_until_caught_up(make_settings):
     remaining = await follow(
         settings, group=group, topic=topic, interval_seconds=0.1, timeout_seconds=0
     )
-    consumer = make_consumer(settings, group_id=group)
-    await consumer.start()
-    try:
-        consumer.assign([tp])
-        await consumer.commit({tp: OffsetAndMetadata(8, "")})
-    finally:
-        await consumer.stop()
+    await _commit(settings, group, tp, 8)
     caught_up = await follow(settings, group=group, topic=topic, interval_seconds=0.1)
 
     assert remaining == 8
