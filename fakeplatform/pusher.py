@@ -42,10 +42,10 @@ from fakeplatform.traces import (
     Replay,
     Trace,
     format_platform_time,
-    haversine_m,
     is_valid_fix,
 )
 from fleetstream.errors import ConfigError
+from fleetstream.geo import haversine_m
 from fleetstream.runtime import sleep_or_stop
 from fleetstream.settings import Settings
 

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from fleetstream.geo import haversine_m
+
 logger = logging.getLogger(__name__)
 
 TRACES_DIR = Path(__file__).resolve().parent.parent / "data" / "traces"
@@ -122,17 +124,6 @@ def _parse_iso(text: str) -> datetime:
 def _seconds_between(start: datetime, end: datetime) -> float:
     # Whole microseconds, so an offset turned back into a timedelta is exact.
     return ((end - start) // timedelta(microseconds=1)) / 1_000_000
-
-
-def haversine_m(lat1: float, lng1: float, lat2: float, lng2: float) -> float:
-    phi1, phi2 = math.radians(lat1), math.radians(lat2)
-    dphi = phi2 - phi1
-    dlmb = math.radians(lng2 - lng1)
-    a = (
-        math.sin(dphi / 2) ** 2
-        + math.cos(phi1) * math.cos(phi2) * math.sin(dlmb / 2) ** 2
-    )
-    return 2 * 6_371_000.0 * math.asin(math.sqrt(a))
 
 
 def _bearing_deg(lat1: float, lng1: float, lat2: float, lng2: float) -> int:
