@@ -7,10 +7,9 @@ columns taken from each record, and for each table its natural key and rule.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from operator import itemgetter
-from typing import Any
+
+import polars as pl
 
 from fleetstream.settings import Settings
 from fleetstream.topics import CLEAN, spec
@@ -43,7 +42,8 @@ class SinkSpec:
 
     ``columns`` are the table columns written, in order; each is read from the
     record field of the same name unless ``fields`` names another field or gives
-    a function of the record (for a unit or vocabulary the table keeps apart).
+    a polars expression over the record's fields (for a unit or vocabulary the
+    table keeps apart); sinks decode whole batches into columns.
     Columns left out are never written, which is how operator-owned columns stay
     untouched; record fields with no column are not stored.
     """
@@ -51,9 +51,7 @@ class SinkSpec:
     kind: str
     columns: tuple[str, ...]
     targets: tuple[Target, ...]
-    fields: dict[str, str | Callable[[dict[str, Any]], Any]] = field(
-        default_factory=dict
-    )
+    fields: dict[str, str | pl.Expr] = field(default_factory=dict)
 
     @property
     def schema(self) -> str:
@@ -65,16 +63,21 @@ class SinkSpec:
     def group_id(self, settings: Settings) -> str:
         return f"{settings.topic_prefix}.sink.{self.kind}"
 
-    def row_getter(self) -> Callable[[dict[str, Any]], tuple]:
-        """Return a function that turns a decoded record into a row tuple."""
-        sources = [self.fields.get(column, column) for column in self.columns]
-        if all(isinstance(source, str) for source in sources) and len(sources) > 1:
-            return itemgetter(*sources)
-        getters = [
-            itemgetter(source) if isinstance(source, str) else source
-            for source in sources
-        ]
-        return lambda record: tuple(get(record) for get in getters)
+    def projection(self) -> list[pl.Expr]:
+        """Return one expression per column, over the record's fields."""
+        exprs = []
+        for column in self.columns:
+            source = self.fields.get(column, column)
+            expr = pl.col(source) if isinstance(source, str) else source
+            exprs.append(expr.alias(column))
+        return exprs
+
+    def source_fields(self) -> list[str]:
+        """Return the record fields the columns are computed from."""
+        names: dict[str, None] = {}
+        for expr in self.projection():
+            names.update(dict.fromkeys(expr.meta.root_names()))
+        return list(names)
 
 
 POSITION_COLUMNS = (
@@ -266,8 +269,8 @@ TRIP = SinkSpec(
         "updated_at",
     ),
     fields={
-        "distance_km": lambda trip: trip["distance_m"] / 1000,
-        "source": lambda trip: TRIP_SOURCES.get(trip["source"], trip["source"]),
+        "distance_km": pl.col("distance_m") / 1000,
+        "source": pl.col("source").replace(TRIP_SOURCES),
         "updated_at": "computed_at",
     },
     targets=(Target("tracksolid.trips", ("trip_id",), Newest("updated_at")),),

@@ -30,11 +30,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import asyncpg
+import polars as pl
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
@@ -45,6 +46,7 @@ from fleetstream.kafka import ensure_topics, make_consumer, make_producer
 from fleetstream.runtime import sleep_or_stop
 from fleetstream.settings import Settings
 from fleetstream.topics import CLEAN, DEADLETTER_TOPIC, spec
+from sinks.columnar import INDEX, FrameDecoder
 from sinks.kinds import SinkSpec
 from sinks.stats import SinkStats
 from sinks.writer import BatchWriter
@@ -161,7 +163,8 @@ class Sink:
         self._writer = BatchWriter(sink)
         self._codec = codec(sink.schema)
         self._dead_codec = codec(DEADLETTER_TOPIC.schema)
-        self._row = sink.row_getter()
+        self._decoder = FrameDecoder(self._codec, sink.source_fields())
+        self._projection = [*sink.projection(), pl.col(INDEX)]
         self._conn: asyncpg.Connection | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -252,10 +255,10 @@ class Sink:
         began: float,
         stop: asyncio.Event,
     ) -> None:
-        rows, sources, dead = self._decode(batch)
+        rows, dead = self._decode(batch)
 
         changed, rejected = await self._retrying(stop, "database", self._write, rows)
-        dead.extend((sources[r.index], r.reason) for r in rejected)
+        dead.extend((batch[r.index], r.reason) for r in rejected)
         if self.after_db_commit is not None:
             await self.after_db_commit()
         if dead:
@@ -267,29 +270,12 @@ class Sink:
 
     def _decode(
         self, batch: list[ConsumerRecord]
-    ) -> tuple[list[tuple], list[ConsumerRecord], list[tuple[ConsumerRecord, str]]]:
-        rows: list[tuple] = []
-        sources: list[ConsumerRecord] = []
-        dead: list[tuple[ConsumerRecord, str]] = []
-        for record in batch:
-            if record.value is None:
-                dead.append((record, "empty value"))
-                continue
-            # Bad bytes make the Avro reader, and odd values a column mapping,
-            # fail in many ways; whatever they raise, the record is unusable here.
-            try:
-                decoded = self._codec.decode(record.value)
-            except Exception as exc:  # noqa: BLE001
-                dead.append((record, f"undecodable: {type(exc).__name__}: {exc}"))
-                continue
-            try:
-                row = self._row(decoded)
-            except Exception as exc:  # noqa: BLE001
-                dead.append((record, f"unmappable: {type(exc).__name__}: {exc}"))
-                continue
-            rows.append(row)
-            sources.append(record)
-        return rows, sources, dead
+    ) -> tuple[pl.DataFrame, list[tuple[ConsumerRecord, str]]]:
+        """Return the batch's rows (``INDEX`` names each row's record) and the
+        records that could not be decoded, with the reason."""
+        decoded = self._decoder.decode([record.value for record in batch])
+        dead = [(batch[i], reason) for i, reason in decoded.failed]
+        return decoded.frame.select(self._projection), dead
 
     async def _database_ready(self, stop: asyncio.Event) -> bool:
         """Connect and check the tables; False when stopped before it succeeded."""
@@ -389,8 +375,8 @@ class Sink:
             self._conn = conn
         return self._conn
 
-    async def _write(self, rows: Sequence[tuple]) -> tuple[dict[str, int], list]:
-        if not rows:
+    async def _write(self, rows: pl.DataFrame) -> tuple[dict[str, int], list]:
+        if not rows.height:
             return {}, []
         conn = await self._connection()
         try:

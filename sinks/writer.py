@@ -11,6 +11,10 @@ changes nothing:
 - a newest-row table gets the newest row of each key in the batch through the
   staging table and ``ON CONFLICT DO UPDATE ... WHERE`` the row is newer.
 
+Rows arrive as a polars DataFrame of the sink's columns plus ``INDEX``, each
+row's position in the consumed batch, and reach PostgreSQL as binary ``COPY``
+data (``sinks.columnar``), never as Python values one at a time.
+
 When PostgreSQL rejects the batch for a row's data (a constraint, a value out of
 range), the batch is split in halves under savepoints until the offending rows
 stand alone; they are returned as rejected and every other row is still written
@@ -19,26 +23,28 @@ in the same transaction.
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from operator import itemgetter
-from typing import Any
 
 import asyncpg
+import polars as pl
 
 from fleetstream.errors import ConfigError
+from sinks.columnar import INDEX, CopyEncoder
 from sinks.kinds import Append, SinkSpec, Target
 
 logger = logging.getLogger(__name__)
 
 # Errors that belong to the rows, not to the database: SQLSTATE classes 22
-# (data exception) and 23 (integrity constraint violation), and the errors
-# asyncpg raises while encoding a Python value into a column's binary format.
+# (data exception) and 23 (integrity constraint violation), and a value that
+# does not fit its column's type when the batch is cast before encoding.
 ROW_ERRORS = (
     asyncpg.DataError,
     asyncpg.IntegrityConstraintViolationError,
-    TypeError,
+    pl.exceptions.InvalidOperationError,
+    pl.exceptions.ComputeError,
     ValueError,
     OverflowError,
 )
@@ -90,44 +96,49 @@ def affected(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
-def first_per_key(rows: Sequence[tuple], key) -> list[tuple]:
+def first_per_key(rows: pl.DataFrame, key: Sequence[str]) -> pl.DataFrame:
     """Return the first row of each key, in batch order."""
-    seen: dict[Any, tuple] = {}
-    for row in rows:
-        seen.setdefault(key(row), row)
-    return list(seen.values())
+    return rows.unique(subset=list(key), keep="first", maintain_order=True)
 
 
-def newest_per_key(rows: Sequence[tuple], key, order: int) -> list[tuple]:
-    """Return the row of each key with the greatest ``row[order]``; null is oldest.
+def newest_per_key(rows: pl.DataFrame, key: Sequence[str], order: str) -> pl.DataFrame:
+    """Return the row of each key with the greatest ``order``; null is oldest.
 
     ``ON CONFLICT DO UPDATE`` may touch a row only once per statement, so a
     batch holding a key twice must be reduced first; among equals the earliest
     row stays, as the table itself keeps a row against an equal newcomer.
     """
-    newest: dict[Any, tuple] = {}
-    for row in rows:
-        k = key(row)
-        held = newest.get(k)
-        if held is None or (
-            row[order] is not None and (held[order] is None or row[order] > held[order])
-        ):
-            newest[k] = row
-    return list(newest.values())
+    ranked = rows.sort([order, INDEX], descending=[True, False], nulls_last=True)
+    return ranked.unique(subset=list(key), keep="first", maintain_order=True)
+
+
+async def copy_frame(
+    conn: asyncpg.Connection, table: str, rows: pl.DataFrame, encoder: CopyEncoder
+) -> None:
+    """``COPY`` the encoder's columns of ``rows`` into ``table`` in binary."""
+    schema, _, name = table.rpartition(".")
+    await conn.copy_to_table(
+        name,
+        schema_name=schema or None,
+        source=io.BytesIO(encoder.encode(rows)),
+        columns=encoder.columns,
+        format="binary",
+    )
 
 
 class _Stage:
     """The connection's temporary staging table; emptied at every commit."""
 
-    def __init__(self, name: str, columns: Sequence[str]) -> None:
+    def __init__(self, name: str) -> None:
         self.name = name
-        self.columns = columns
         self.dirty = False
 
-    async def load(self, conn: asyncpg.Connection, rows: Sequence[tuple]) -> None:
+    async def load(
+        self, conn: asyncpg.Connection, rows: pl.DataFrame, encoder: CopyEncoder
+    ) -> None:
         if self.dirty:
             await conn.execute(f"TRUNCATE {self.name}")
-        await conn.copy_records_to_table(self.name, records=rows, columns=self.columns)
+        await copy_frame(conn, self.name, rows, encoder)
         self.dirty = True
 
 
@@ -139,36 +150,30 @@ class _Plan:
         self.columns = columns
         self.stage = stage
         self.statement = target_sql(target, columns, stage.name)
-        # A value for a one-column key, a tuple otherwise: either is a dict key.
-        self.key = itemgetter(*(columns.index(c) for c in target.key))
+        self.key = target.key
         self.append = isinstance(target.rule, Append)
-        self.order = None if self.append else columns.index(target.rule.order_by)
+        self.order = None if self.append else target.rule.order_by
         # Whether the next chunk tries the plain COPY first (append-only only).
         self.direct = self.append
+        self.encoder: CopyEncoder | None = None
 
-    async def write(self, conn: asyncpg.Connection, rows: Sequence[tuple]) -> int:
+    async def write(self, conn: asyncpg.Connection, rows: pl.DataFrame) -> int:
         if not self.append:
             return await self._staged(conn, newest_per_key(rows, self.key, self.order))
         unique = first_per_key(rows, self.key)
         if self.direct:
-            schema, _, table = self.target.table.rpartition(".")
             try:
                 async with conn.transaction():
-                    await conn.copy_records_to_table(
-                        table,
-                        schema_name=schema or None,
-                        records=unique,
-                        columns=self.columns,
-                    )
-                return len(unique)
+                    await copy_frame(conn, self.target.table, unique, self.encoder)
+                return unique.height
             except asyncpg.UniqueViolationError:
                 self.direct = False
         inserted = await self._staged(conn, unique)
-        self.direct = inserted == len(unique)
+        self.direct = inserted == unique.height
         return inserted
 
-    async def _staged(self, conn: asyncpg.Connection, rows: Sequence[tuple]) -> int:
-        await self.stage.load(conn, rows)
+    async def _staged(self, conn: asyncpg.Connection, rows: pl.DataFrame) -> int:
+        await self.stage.load(conn, rows, self.encoder)
         return affected(await conn.execute(self.statement))
 
 
@@ -181,7 +186,7 @@ class BatchWriter:
 
     def __init__(self, spec: SinkSpec) -> None:
         self.spec = spec
-        self._stage = _Stage(f"fs_stage_{spec.kind}", spec.columns)
+        self._stage = _Stage(f"fs_stage_{spec.kind}")
         self._plans = [_Plan(t, spec.columns, self._stage) for t in spec.targets]
 
     async def prepare(self, conn: asyncpg.Connection) -> None:
@@ -196,8 +201,20 @@ class BatchWriter:
                     f"{self.spec.kind} sink writes",
                     hint="apply the migrations or correct sinks/kinds.py",
                 )
-            for column in self.spec.columns:
-                types.setdefault(column, found[column])
+            # Every target and the stage take the same binary COPY data, whose
+            # values carry no type: the tables must agree on each column's.
+            columns = self.spec.columns
+            differ = [c for c in columns if types.get(c, found[c]) != found[c]]
+            if differ:
+                raise ConfigError(
+                    f"table {target.table} types columns {differ} unlike the "
+                    f"{self.spec.kind} sink's other tables",
+                    hint="give the sink's tables the same column types",
+                )
+            types.update((c, found[c]) for c in self.spec.columns)
+        encoder = CopyEncoder(types)
+        for plan in self._plans:
+            plan.encoder = encoder
         # Column types only, no constraints: rows must reach the target's own
         # checks, where a rejected row can be told apart from the rest.
         definition = ", ".join(f"{quote(c)} {types[c]}" for c in self.spec.columns)
@@ -207,9 +224,11 @@ class BatchWriter:
         )
 
     async def write(
-        self, conn: asyncpg.Connection, rows: Sequence[tuple]
+        self, conn: asyncpg.Connection, rows: pl.DataFrame
     ) -> tuple[dict[str, int], list[Rejected]]:
         """Write ``rows`` in one transaction; return rows changed per table, rejects.
+
+        A rejected row is named by its ``INDEX``, its position in the batch.
 
         Errors other than a row's data (connection lost, permission, missing
         table) propagate and leave nothing written.
@@ -218,14 +237,13 @@ class BatchWriter:
         changed = dict.fromkeys((t.table for t in self.spec.targets), 0)
         self._stage.dirty = False
         async with conn.transaction():
-            await self._write_isolating(conn, rows, 0, changed, rejected)
+            await self._write_isolating(conn, rows, changed, rejected)
         return changed, rejected
 
     async def _write_isolating(
         self,
         conn: asyncpg.Connection,
-        rows: Sequence[tuple],
-        first: int,
+        rows: pl.DataFrame,
         changed: dict[str, int],
         rejected: list[Rejected],
     ) -> None:
@@ -238,14 +256,13 @@ class BatchWriter:
                 ]
         except ROW_ERRORS as exc:
             self._stage.dirty = dirty
-            if len(rows) == 1:
-                rejected.append(Rejected(first, f"{type(exc).__name__}: {exc}"))
+            if rows.height == 1:
+                reason = f"{type(exc).__name__}: {exc}"
+                rejected.append(Rejected(rows[INDEX].item(), reason))
                 return
-            middle = len(rows) // 2
-            await self._write_isolating(conn, rows[:middle], first, changed, rejected)
-            await self._write_isolating(
-                conn, rows[middle:], first + middle, changed, rejected
-            )
+            middle = rows.height // 2
+            await self._write_isolating(conn, rows[:middle], changed, rejected)
+            await self._write_isolating(conn, rows[middle:], changed, rejected)
             return
         for table, count in counts:
             changed[table] += count

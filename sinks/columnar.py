@@ -1,0 +1,356 @@
+"""Turn a batch of clean-topic messages into columns, and columns into COPY data.
+
+A sink spends most of its time outside PostgreSQL on two conversions: Avro
+messages into Python values, and Python values into PostgreSQL's binary COPY
+format. Both run here on whole batches in compiled code instead of once per
+record and field:
+
+- ``FrameDecoder`` strips the single-object headers, joins the bodies into one
+  Avro object-container block and reads it with polars into a DataFrame;
+- ``CopyEncoder`` casts a DataFrame to the target columns' types and encodes
+  it with pgpq into a binary ``COPY`` payload.
+
+A container block has no per-record boundaries, so a corrupt body could shift
+every record after it. The decoder therefore recomputes, from the decoded
+values, how many bytes each record's canonical encoding takes and compares it
+with the size of its message; one mismatch sends the batch through fastavro
+record by record, which isolates the bad message. Messages written with an
+older schema take that path too, since schema resolution needs fastavro, as do
+record types with nested fields (arrays, records), whose sizes are not checked.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pgpq
+import polars as pl
+from fastavro import parse_schema
+from fastavro.write import Writer
+from pgpq import encoders as pg_encoders
+from pgpq import schema as pg_schema
+
+from fleetstream.codec import HEADER_LEN, MAGIC, Codec
+from fleetstream.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+INDEX = "_fs_index"
+
+PRIMITIVE_DTYPES: dict[str, pl.DataType] = {
+    "string": pl.String(),
+    "int": pl.Int32(),
+    "long": pl.Int64(),
+    "double": pl.Float64(),
+    "float": pl.Float32(),
+    "boolean": pl.Boolean(),
+    "bytes": pl.Binary(),
+}
+LOGICAL_DTYPES: dict[str, pl.DataType] = {
+    "timestamp-millis": pl.Datetime("ms", "UTC"),
+    "timestamp-micros": pl.Datetime("us", "UTC"),
+}
+# Bytes a value of fixed width takes in Avro's binary encoding.
+FIXED_WIDTH = {"double": 8, "float": 4, "boolean": 1}
+# A union branch index is a zigzag varint: one byte for any two-branch union.
+UNION_INDEX_BYTES = 1
+
+
+def _field_type(avro_type: Any) -> tuple[str, str | None, bool] | None:
+    """Return ``(primitive, logical type, nullable)``, or None for nested types."""
+    nullable = False
+    if isinstance(avro_type, list):
+        branches = [t for t in avro_type if t != "null"]
+        if len(branches) != 1 or len(avro_type) != 2 or avro_type[0] != "null":
+            return None
+        nullable, avro_type = True, branches[0]
+    logical = None
+    if isinstance(avro_type, dict):
+        logical = avro_type.get("logicalType")
+        avro_type = avro_type.get("type")
+    if not isinstance(avro_type, str) or avro_type not in PRIMITIVE_DTYPES:
+        return None
+    if logical is not None and logical not in LOGICAL_DTYPES:
+        return None
+    return avro_type, logical, nullable
+
+
+def _dtype(primitive: str, logical: str | None) -> pl.DataType:
+    return LOGICAL_DTYPES[logical] if logical else PRIMITIVE_DTYPES[primitive]
+
+
+def _varint_len(value: pl.Expr) -> pl.Expr:
+    """Bytes of the zigzag varint of an Int64 expression (1 to 10)."""
+    # The zigzag code of x is 2x for x >= 0 and -2x - 1 below, as unsigned;
+    # the varint holds its significant bits 7 to a byte, at least one byte.
+    negative = value < 0
+    magnitude = pl.when(negative).then(-(value + 1)).otherwise(value)
+    code = magnitude.cast(pl.UInt64) * 2 + negative.cast(pl.UInt64)
+    bits = 64 - code.bitwise_leading_zeros().cast(pl.Int64)
+    return pl.max_horizontal((bits + 6) // 7, pl.lit(1, pl.Int64))
+
+
+def _encoded_size(name: str, primitive: str, nullable: bool) -> pl.Expr:
+    """Bytes the canonical Avro encoding of field ``name`` takes, per row."""
+    column = pl.col(name)
+    if primitive in FIXED_WIDTH:
+        size = pl.lit(FIXED_WIDTH[primitive], pl.Int64)
+    elif primitive in ("string", "bytes"):
+        length = (
+            column.str.len_bytes() if primitive == "string" else column.bin.size()
+        ).cast(pl.Int64)
+        size = _varint_len(length) + length
+    else:  # int, long, and the timestamps they carry
+        size = _varint_len(column.cast(pl.Int64))
+    if not nullable:
+        return size
+    return pl.when(column.is_null()).then(0).otherwise(size) + UNION_INDEX_BYTES
+
+
+def _container_header(schema: dict[str, Any], sync: bytes) -> bytes:
+    """Return an Avro object-container header for ``schema``, no codec."""
+
+    # Defaults and docs do not change how data is read; polars' Avro reader
+    # refuses some string defaults, so the header leaves them out.
+    def bare(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {
+                k: bare(v)
+                for k, v in node.items()
+                if k not in ("default", "doc") and not k.startswith("__")
+            }
+        if isinstance(node, list):
+            return [bare(v) for v in node]
+        return node
+
+    buf = io.BytesIO()
+    Writer(buf, parse_schema(bare(schema)), codec="null", sync_marker=sync).flush()
+    return buf.getvalue()
+
+
+def _long(value: int) -> bytes:
+    """Avro's zigzag varint encoding of a non-negative ``value``."""
+    value <<= 1
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+@dataclass
+class Decoded:
+    """A batch's usable records as columns, and the rest with their reasons.
+
+    ``frame`` holds the requested fields plus ``INDEX``, each row's position in
+    the batch, in batch order; ``failed`` pairs positions with reasons.
+    """
+
+    frame: pl.DataFrame
+    failed: list[tuple[int, str]]
+
+
+class FrameDecoder:
+    """Decode batches of one record type's messages into a DataFrame.
+
+    ``fields`` are the record fields to keep; each must be a primitive, a
+    nullable primitive, or a timestamp.
+    """
+
+    def __init__(self, codec: Codec, fields: Sequence[str]) -> None:
+        self.codec = codec
+        types = {f["name"]: _field_type(f["type"]) for f in codec.schema["fields"]}
+        for name in fields:
+            if name not in types:
+                raise ConfigError(f"{codec.name} has no field {name!r}")
+            if types[name] is None:
+                raise ConfigError(
+                    f"{codec.name}.{name} is nested; a sink column needs a primitive"
+                )
+        self.fields = list(fields)
+        self.schema = {
+            name: _dtype(*types[name][:2])
+            for name in self.fields  # type: ignore[misc]
+        }
+        self.fingerprint = codec.header[2:]
+        # Whole batches are read as one block only when every field's size can
+        # be recomputed, which proves each record was read from its own bytes.
+        self.columnar = all(t is not None for t in types.values())
+        if self.columnar:
+            self._sync = os.urandom(16)
+            self._header = _container_header(codec.schema, self._sync)
+            self._size = pl.sum_horizontal(
+                _encoded_size(name, primitive, nullable)
+                for name, (primitive, _, nullable) in types.items()  # type: ignore[misc]
+            )
+
+    def decode(self, values: Sequence[bytes | None]) -> Decoded:
+        current: list[int] = []
+        other: list[int] = []
+        failed: list[tuple[int, str]] = []
+        fingerprint = self.fingerprint
+        for i, value in enumerate(values):
+            if value is None:
+                failed.append((i, "empty value"))
+            elif value[2:HEADER_LEN] == fingerprint and value[:2] == MAGIC:
+                current.append(i)
+            else:
+                other.append(i)
+        frames = []
+        if current and self.columnar:
+            frame = self._read_block(values, current)
+            if frame is None:
+                other.extend(current)
+            else:
+                frames.append(frame)
+        elif current:
+            other.extend(current)
+        if other:
+            other.sort()
+            frames.append(self._read_each(values, other, failed))
+        failed.sort()
+        if not frames:
+            return Decoded(self._empty(), failed)
+        frame = frames[0] if len(frames) == 1 else pl.concat(frames).sort(INDEX)
+        return Decoded(frame, failed)
+
+    def _empty(self) -> pl.DataFrame:
+        return pl.DataFrame(schema={**self.schema, INDEX: pl.Int64})
+
+    def _read_block(
+        self, values: Sequence[bytes | None], positions: list[int]
+    ) -> pl.DataFrame | None:
+        """Read the messages at ``positions`` as one block; None if unproven."""
+        bodies = [values[i][HEADER_LEN:] for i in positions]  # type: ignore[index]
+        data = b"".join(bodies)
+        block = b"".join(
+            (self._header, _long(len(bodies)), _long(len(data)), data, self._sync)
+        )
+        try:
+            frame = pl.read_avro(io.BytesIO(block))
+        except Exception as exc:  # noqa: BLE001 - any failure means "read each"
+            logger.info(
+                "%s: batch of %d not readable as one block (%s); reading each",
+                self.codec.name,
+                len(bodies),
+                type(exc).__name__,
+            )
+            return None
+        sizes = pl.Series([len(b) for b in bodies], dtype=pl.Int64)
+        if (
+            frame.height != len(bodies)
+            or not frame.select((self._size == sizes).all()).item()
+        ):
+            logger.info(
+                "%s: batch of %d decoded to sizes that differ from its messages; "
+                "reading each",
+                self.codec.name,
+                len(bodies),
+            )
+            return None
+        return frame.select(
+            *(pl.col(name).cast(self.schema[name]) for name in self.fields),
+            pl.Series(INDEX, positions, dtype=pl.Int64),
+        )
+
+    def _read_each(
+        self,
+        values: Sequence[bytes | None],
+        positions: list[int],
+        failed: list[tuple[int, str]],
+    ) -> pl.DataFrame:
+        records = []
+        kept = []
+        for i in positions:
+            # Bad bytes make the Avro reader fail in many ways; whatever it
+            # raises, the record is unusable here.
+            try:
+                records.append(self.codec.decode(values[i]))  # type: ignore[arg-type]
+            except Exception as exc:  # noqa: BLE001
+                failed.append((i, f"undecodable: {type(exc).__name__}: {exc}"))
+                continue
+            kept.append(i)
+        columns = {name: [r.get(name) for r in records] for name in self.fields}
+        columns[INDEX] = kept
+        return pl.DataFrame(columns, schema={**self.schema, INDEX: pl.Int64})
+
+
+# PostgreSQL column types a sink writes, as the polars type cast to before
+# encoding and, where pgpq's inference does not give it, the COPY output type.
+PG_TYPES: dict[str, tuple[pl.DataType, Any]] = {
+    "text": (pl.String(), None),
+    "character varying": (pl.String(), None),
+    "integer": (pl.Int32(), None),
+    "bigint": (pl.Int64(), None),
+    "smallint": (pl.Int16(), None),
+    "double precision": (pl.Float64(), None),
+    "real": (pl.Float32(), None),
+    "boolean": (pl.Boolean(), None),
+    "timestamp with time zone": (pl.Datetime("us", "UTC"), None),
+    "timestamp without time zone": (pl.Datetime("us"), None),
+    "date": (pl.Date(), None),
+    "jsonb": (pl.String(), pg_schema.Jsonb),
+}
+
+
+def _pg_type_name(declared: str) -> str:
+    # format_type adds a modifier: character varying(32), timestamp(3) with...
+    base = declared.split("(", 1)[0].strip()
+    if "(" in declared and ")" in declared:
+        base = (base + " " + declared.split(")", 1)[1].strip()).strip()
+    return base
+
+
+class CopyEncoder:
+    """Encode DataFrames into PostgreSQL binary ``COPY`` data for fixed columns.
+
+    ``types`` maps each column to its type as ``format_type`` prints it.
+    Casting is strict: a value the column cannot hold (an int4 overflow, say)
+    raises, so that the writer can isolate its row.
+    """
+
+    def __init__(self, types: Mapping[str, str]) -> None:
+        self.columns = list(types)
+        self.casts = []
+        self._outputs: dict[str, Any] = {}
+        for column, declared in types.items():
+            name = _pg_type_name(declared)
+            if name not in PG_TYPES:
+                raise ConfigError(
+                    f"column {column} has type {declared}, which the sinks do not "
+                    "write",
+                    hint="use text, integer, bigint, smallint, double precision, "
+                    "real, boolean, date, timestamp or jsonb",
+                )
+            dtype, output = PG_TYPES[name]
+            self.casts.append(pl.col(column).cast(dtype, strict=True))
+            if output is not None:
+                self._outputs[column] = output
+
+    def encode(self, frame: pl.DataFrame) -> bytes:
+        table = frame.select(self.casts).to_arrow()
+        encoders = {}
+        for field in table.schema:
+            if field.name in self._outputs:
+                encoders[field.name] = (
+                    pg_encoders.LargeStringEncoderBuilder.new_with_output(
+                        field, self._outputs[field.name]()
+                    )
+                )
+            else:
+                encoders[field.name] = pgpq.ArrowToPostgresBinaryEncoder.infer_encoder(
+                    field
+                )
+        encoder = pgpq.ArrowToPostgresBinaryEncoder.new_with_encoders(
+            table.schema, encoders
+        )
+        parts = [encoder.write_header()]
+        parts.extend(encoder.write_batch(batch) for batch in table.to_batches())
+        parts.append(encoder.finish())
+        return b"".join(parts)
