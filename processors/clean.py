@@ -13,7 +13,6 @@ reports them. Ignition is True, False or None (the record did not say).
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
@@ -31,10 +30,9 @@ EARLIEST_PLAUSIBLE_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
 IMEI_LENGTH = 15
 # An IMEI is exactly 15 ASCII digits. Every Tracksolid device reports one; 14
 # digits (no check digit) and 16/17 (IMEISV) never appear on this platform, and
-# str.isdigit would let Arabic-Indic or full-width digits through. The Luhn check
-# digit is not verified: some trackers ship with IMEIs that fail it, and
-# rejecting them would drop a real vehicle's data.
-IMEI_PATTERN = re.compile(r"[0-9]{15}")
+# str.isdigit alone would let Arabic-Indic or full-width digits through (hence
+# isascii too). The Luhn check digit is not verified: some trackers ship with
+# IMEIs that fail it, and rejecting them would drop a real vehicle's data.
 METRES_PER = {"km": 1000.0, "m": 1.0}
 
 
@@ -92,7 +90,7 @@ def device_imei(raw: Raw, record: dict | None = None) -> str:
     imei = f.text(value) if value is not None else f.text(raw.imei)
     if imei is None:
         raise RejectedRecord("no IMEI in the record or its envelope")
-    if IMEI_PATTERN.fullmatch(imei) is None:
+    if len(imei) != IMEI_LENGTH or not (imei.isascii() and imei.isdigit()):
         raise RejectedRecord(f"IMEI is not {IMEI_LENGTH} ASCII digits: {imei!r:.20}")
     return imei
 
@@ -177,7 +175,9 @@ def clean_position(raw: Raw, ctx: CleanContext) -> dict:
         "altitude_m": f.number(p.get("altitude"), "altitude"),
         "reupload": None if gps_mode is None else gps_mode == 1,
         "odometer_m": odometer_m,
-        **_envelope(raw),
+        "source": raw.source,
+        "origin": raw.origin,
+        "received_at": raw.received_at,
     }
 
 

@@ -67,8 +67,18 @@ class RecentFixes:
                 self._times.popitem(last=False)
         else:
             self._times.move_to_end(imei)
-        if times and self.horizon_ms is not None:
-            if gps_time < times[-1] - self.horizon_ms:
+        if times:
+            newest = times[-1]
+            if gps_time > newest:
+                # A device's next fix: most fixes arrive in order.
+                times.append(gps_time)
+                if len(times) > self.per_device or (
+                    self.horizon_ms is not None
+                    and times[0] < gps_time - self.horizon_ms
+                ):
+                    self._forget_old(times)
+                return False
+            if self.horizon_ms is not None and gps_time < newest - self.horizon_ms:
                 return False
         at = bisect_left(times, gps_time)
         if at < len(times) and times[at] == gps_time:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from fleetstream.errors import RejectedRecord
@@ -36,6 +36,8 @@ INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
 # No record, registry dates included, carries a time outside these years.
 EPOCH_MS_RANGE = (-2_208_988_800_000, 7_258_118_400_000)  # 1900 to 2200 UTC
+NAIVE_EPOCH = datetime(1970, 1, 1)
+ONE_MS = timedelta(milliseconds=1)
 
 POS_TYPE_BY_CODE = {1: "GPS", 2: "LBS", 3: "WIFI", 5: "BEACON"}
 POS_TYPE_NAMES = frozenset({"GPS", "LBS", "WIFI", "BEACON"})
@@ -71,6 +73,9 @@ def number(value: object, field: str) -> float | None:
         raise RejectedRecord(f"{field} is a boolean, expected a number")
     if isinstance(value, str):
         stripped = value.strip()
+        result = _plain_decimal(stripped)
+        if result is not None:
+            return result
         if ASCII_NUMBER.fullmatch(stripped) is None:
             raise RejectedRecord(
                 f"{field} is not a number (ASCII decimal expected): {value!r:.40}"
@@ -90,6 +95,22 @@ def number(value: object, field: str) -> float | None:
             f"-{NUMBER_LIMIT:.0e}..{NUMBER_LIMIT:.0e}"
         )
     return result
+
+
+def _plain_decimal(text: str) -> float | None:
+    """Return the value of ASCII number text within ``NUMBER_LIMIT``, else None.
+
+    Past ASCII text without underscores, float() reads exactly what
+    ``ASCII_NUMBER`` matches plus the words nan and inf, which fail the range
+    check; None sends everything else through the full checks and their reasons.
+    """
+    if not text.isascii() or "_" in text:
+        return None
+    try:
+        result = float(text)
+    except ValueError:
+        return None
+    return result if -NUMBER_LIMIT <= result <= NUMBER_LIMIT else None
 
 
 def _kind(value: object) -> str:
@@ -203,7 +224,9 @@ def epoch_ms(value: object, field: str, zone: ZoneInfo) -> int | None:
         raise RejectedRecord(f"{field} is a boolean, expected a time")
     if isinstance(value, str):
         stripped = value.strip()
-        if ASCII_NUMBER.fullmatch(stripped) is None:
+        # Four digits and a dash start a date, never a number: skip the pattern.
+        is_date = stripped[4:5] == "-" and stripped[:4].isdigit()
+        if is_date or ASCII_NUMBER.fullmatch(stripped) is None:
             return _in_time_range(_parse_datetime(stripped, field, zone), value, field)
     seconds = number(value, field)
     if abs(seconds) >= UNIX_MS_THRESHOLD:
@@ -226,6 +249,15 @@ def _parse_datetime(value: str, field: str, zone: ZoneInfo) -> int:
     except ValueError:
         raise RejectedRecord(f"{field} is not a time: {value!r:.40}") from None
     if parsed.tzinfo is None:
+        fixed = zone.utcoffset(None)
+        if fixed is not None and not parsed.microsecond:
+            # A zone without transitions (UTC) is one offset: plain arithmetic,
+            # the same milliseconds as below for whole seconds, without the
+            # zone lookups. Fractions keep the float path and its rounding.
+            try:
+                return (parsed - fixed - NAIVE_EPOCH) // ONE_MS
+            except OverflowError:
+                pass
         parsed = parsed.replace(tzinfo=zone)
     try:
         return int(parsed.timestamp() * 1000)

@@ -13,7 +13,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from fleetstream.codec import codec
 from fleetstream.errors import ContractError, RejectedRecord
@@ -31,8 +31,7 @@ LOCATION_SNAPSHOTS = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Outgoing:
+class Outgoing(NamedTuple):
     """One message to send: topic, key and encoded value."""
 
     topic: str
