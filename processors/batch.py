@@ -154,15 +154,11 @@ class RawCleaner(Service):
 
     async def process(self, batches: dict) -> None:
         """Route and send one fetched batch; commit what has been delivered."""
-        route = self.router.route
+        route_batch = self.router.route_batch
         outgoing: list[Outgoing] = []
         offsets: dict[TopicPartition, int] = {}
         for tp, records in batches.items():
-            topic, partition = tp.topic, tp.partition
-            for record in records:
-                out = route(topic, partition, record.offset, record.key, record.value)
-                if out is not None:
-                    outgoing.append(out)
+            outgoing += route_batch(tp.topic, tp.partition, records)
             offsets[tp] = records[-1].offset + 1
         pending = await self._send(outgoing)
         self.in_flight.add(asyncio.ensure_future(_all(pending)), offsets)
