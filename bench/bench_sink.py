@@ -199,10 +199,10 @@ class TimedSink(Sink):
         self.phases[phase] = self.phases.get(phase, 0.0) + seconds
 
     def _timed(self, operation, phase: str):
-        async def timed(*args):
+        async def timed(*args, **kwargs):
             started = time.perf_counter()
             try:
-                return await operation(*args)
+                return await operation(*args, **kwargs)
             finally:
                 self._add(phase, time.perf_counter() - started)
 

@@ -28,6 +28,7 @@ crash before the offset commit, can publish the same dead letter twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -85,6 +86,8 @@ TRANSIENT = (
     KafkaError,
 )
 DB_COMMAND_TIMEOUT_SECONDS = 60.0
+# Batches read and decoded ahead of the one being written.
+READ_AHEAD = 1
 REASON_MAX_CHARS = 1000
 
 
@@ -198,24 +201,52 @@ class Sink:
             logger.info("stopped %s", self.stats.summary())
 
     async def _consume(self, stop: asyncio.Event) -> None:
+        """Write batches in order while the next ones are read and decoded.
+
+        A reader task fetches and decodes up to ``READ_AHEAD`` batches ahead of
+        the one being written, so that this process decodes while PostgreSQL
+        writes. Each batch's offsets are committed after its own transaction,
+        in order; a batch read ahead is never committed before it is written.
+        """
+        ready: asyncio.Queue = asyncio.Queue(maxsize=READ_AHEAD)
+        reader = asyncio.create_task(self._read(ready, stop))
         next_report = time.monotonic() + self.stats_interval_seconds
-        while not stop.is_set():
-            batch, ends, began = await self._collect(stop)
-            if batch:
+        try:
+            while True:
+                item = await ready.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if item is None:
+                    return
                 try:
-                    async with self._batch_lock:
-                        await self._handle(batch, ends, began, stop)
+                    await self._handle(*item, stop)
                 except Stopping:
                     logger.info(
-                        "sink %s: stopped while retrying; %d records not committed, "
-                        "they will be read again",
+                        "sink %s: stopped while retrying; uncommitted records "
+                        "will be read again",
                         self.spec.kind,
-                        len(batch),
                     )
                     return
-            if time.monotonic() >= next_report:
-                logger.info("%s", self.stats.summary())
-                next_report = time.monotonic() + self.stats_interval_seconds
+                if time.monotonic() >= next_report:
+                    logger.info("%s", self.stats.summary())
+                    next_report = time.monotonic() + self.stats_interval_seconds
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+    async def _read(self, ready: asyncio.Queue, stop: asyncio.Event) -> None:
+        """Put decoded batches on ``ready`` until stopped, then None."""
+        try:
+            while not stop.is_set():
+                batch, ends, began = await self._collect(stop)
+                if batch:
+                    rows, dead = self._decode(batch)
+                    await ready.put((batch, ends, began, rows, dead))
+        except Exception as exc:  # noqa: BLE001 - handed to the writing loop
+            await ready.put(exc)
+            return
+        await ready.put(None)
 
     async def _collect(
         self, stop: asyncio.Event
@@ -253,10 +284,22 @@ class Sink:
         batch: list[ConsumerRecord],
         ends: dict[TopicPartition, int],
         began: float,
+        rows: pl.DataFrame,
+        dead: list[tuple[ConsumerRecord, str]],
         stop: asyncio.Event,
     ) -> None:
-        rows, dead = self._decode(batch)
+        async with self._batch_lock:
+            await self._store(batch, ends, began, rows, dead, stop)
 
+    async def _store(
+        self,
+        batch: list[ConsumerRecord],
+        ends: dict[TopicPartition, int],
+        began: float,
+        rows: pl.DataFrame,
+        dead: list[tuple[ConsumerRecord, str]],
+        stop: asyncio.Event,
+    ) -> None:
         changed, rejected = await self._retrying(stop, "database", self._write, rows)
         dead.extend((batch[r.index], r.reason) for r in rejected)
         if self.after_db_commit is not None:

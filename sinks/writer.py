@@ -15,15 +15,16 @@ Rows arrive as a polars DataFrame of the sink's columns plus ``INDEX``, each
 row's position in the consumed batch, and reach PostgreSQL as binary ``COPY``
 data (``sinks.columnar``), never as Python values one at a time.
 
-When PostgreSQL rejects the batch for a row's data (a constraint, a value out of
-range), the batch is split in halves under savepoints until the offending rows
-stand alone; they are returned as rejected and every other row is still written
+A batch is first written whole in a transaction without savepoints, each one a
+round trip. When PostgreSQL rejects it for a row's data (a constraint, a value
+out of range) or for a key the plain ``COPY`` found stored, it is rolled back and
+written again under savepoints, split in halves until the offending rows stand
+alone; they are returned as rejected and every other row is still written
 in the same transaction.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,13 +41,11 @@ logger = logging.getLogger(__name__)
 # Errors that belong to the rows, not to the database: SQLSTATE classes 22
 # (data exception) and 23 (integrity constraint violation), and a value that
 # does not fit its column's type when the batch is cast before encoding.
+# Nothing broader: a bug that failed every row would otherwise dead-letter them.
 ROW_ERRORS = (
     asyncpg.DataError,
     asyncpg.IntegrityConstraintViolationError,
     pl.exceptions.InvalidOperationError,
-    pl.exceptions.ComputeError,
-    ValueError,
-    OverflowError,
 )
 
 COLUMN_TYPES = """
@@ -117,10 +116,12 @@ async def copy_frame(
 ) -> None:
     """``COPY`` the encoder's columns of ``rows`` into ``table`` in binary."""
     schema, _, name = table.rpartition(".")
+    # A buffer goes to the socket in one message, where a file object would be
+    # read in chunks through a thread. Bytes would be taken for a file's path.
     await conn.copy_to_table(
         name,
         schema_name=schema or None,
-        source=io.BytesIO(encoder.encode(rows)),
+        source=memoryview(encoder.encode(rows)),
         columns=encoder.columns,
         format="binary",
     )
@@ -157,10 +158,25 @@ class _Plan:
         self.direct = self.append
         self.encoder: CopyEncoder | None = None
 
-    async def write(self, conn: asyncpg.Connection, rows: pl.DataFrame) -> int:
+    async def write(
+        self, conn: asyncpg.Connection, rows: pl.DataFrame, *, guarded: bool = True
+    ) -> int:
+        """Write ``rows``; return how many rows the target gained or changed.
+
+        Unguarded, the plain ``COPY`` runs without a savepoint of its own, so a
+        key that already exists aborts the whole transaction: the caller rolls
+        back and writes the batch again guarded, when this plan copies no more.
+        """
         if not self.append:
             return await self._staged(conn, newest_per_key(rows, self.key, self.order))
         unique = first_per_key(rows, self.key)
+        if self.direct and not guarded:
+            try:
+                await copy_frame(conn, self.target.table, unique, self.encoder)
+            except asyncpg.UniqueViolationError:
+                self.direct = False
+                raise
+            return unique.height
         if self.direct:
             try:
                 async with conn.transaction():
@@ -233,6 +249,18 @@ class BatchWriter:
         Errors other than a row's data (connection lost, permission, missing
         table) propagate and leave nothing written.
         """
+        # First the batch as a whole with no savepoint, the usual case and the
+        # fastest; only when a row fails is it written again with savepoints.
+        self._stage.dirty = False
+        try:
+            async with conn.transaction():
+                changed = {
+                    p.target.table: await p.write(conn, rows, guarded=False)
+                    for p in self._plans
+                }
+            return changed, []
+        except ROW_ERRORS as exc:
+            logger.debug("batch of %d failed whole (%s)", rows.height, type(exc))
         rejected: list[Rejected] = []
         changed = dict.fromkeys((t.table for t in self.spec.targets), 0)
         self._stage.dirty = False
