@@ -24,6 +24,7 @@ UNIX_MS_THRESHOLD = 100_000_000_000
 
 ACC_ON_VALUES = frozenset({"1", "on", "true", "acc_on"})
 ACC_OFF_VALUES = frozenset({"0", "off", "false", "acc_off"})
+ACC_BY_NUMBER = {0: False, 1: True}
 
 # Python's float() and int() read any Unicode digit ("٣" is 3) and underscores;
 # the platform sends ASCII, so anything else in a number is not a number.
@@ -126,6 +127,8 @@ def _kind(value: object) -> str:
 
 def integer(value: object, field: str, bounds: tuple[int, int] = INT32) -> int | None:
     """Return an int within ``bounds`` (Avro int by default); None when missing."""
+    if value.__class__ is int and -NUMBER_LIMIT <= value <= NUMBER_LIMIT:
+        return bounded(value, field, bounds)
     result = number(value, field)
     if result is None:
         return None
@@ -172,12 +175,14 @@ def acc(value: object) -> bool | None:
 
     Absent or unrecognised values are None (unknown), never off.
     """
+    if value.__class__ is int:
+        return ACC_BY_NUMBER.get(value)
     if isinstance(value, bool):
         return value
     if not present(value):
         return None
     if isinstance(value, int | float):
-        return {0: False, 1: True}.get(value)
+        return ACC_BY_NUMBER.get(value)
     word = str(value).strip().lower()
     if word in ACC_ON_VALUES:
         return True
@@ -196,6 +201,8 @@ def flag(value: object, field: str) -> bool | None:
 
 def pos_type(value: object) -> str:
     """Return GPS, LBS, WIFI, BEACON or UNKNOWN from a name or a numeric code."""
+    if value.__class__ is int and -NUMBER_LIMIT <= value <= NUMBER_LIMIT:
+        return POS_TYPE_BY_CODE.get(value, "UNKNOWN")
     if not present(value):
         return "UNKNOWN"
     if isinstance(value, str):
