@@ -95,21 +95,34 @@ def _varint_len(value: pl.Expr) -> pl.Expr:
     return pl.max_horizontal((bits + 6) // 7, pl.lit(1, pl.Int64))
 
 
-def _encoded_size(name: str, primitive: str, nullable: bool) -> pl.Expr:
-    """Bytes the canonical Avro encoding of field ``name`` takes, per row."""
-    column = pl.col(name)
-    if primitive in FIXED_WIDTH:
-        size = pl.lit(FIXED_WIDTH[primitive], pl.Int64)
-    elif primitive in ("string", "bytes"):
-        length = (
-            column.str.len_bytes() if primitive == "string" else column.bin.size()
-        ).cast(pl.Int64)
-        size = _varint_len(length) + length
-    else:  # int, long, and the timestamps they carry
-        size = _varint_len(column.cast(pl.Int64))
-    if not nullable:
-        return size
-    return pl.when(column.is_null()).then(0).otherwise(size) + UNION_INDEX_BYTES
+def _encoded_size(fields: dict[str, tuple[str, str | None, bool]]) -> pl.Expr:
+    """Bytes the canonical Avro encoding of a record with ``fields`` takes, per row.
+
+    Fixed-width fields that cannot be null add a constant, so the expression
+    does per-row work only for the others.
+    """
+    constant = 0
+    parts = []
+    for name, (primitive, _, nullable) in fields.items():
+        column = pl.col(name)
+        if primitive in FIXED_WIDTH:
+            width = FIXED_WIDTH[primitive]
+            if not nullable:
+                constant += width
+                continue
+            size = pl.lit(width, pl.Int64)
+        elif primitive in ("string", "bytes"):
+            length = (
+                column.str.len_bytes() if primitive == "string" else column.bin.size()
+            ).cast(pl.Int64)
+            size = _varint_len(length) + length
+        else:  # int, long, and the timestamps they carry
+            size = _varint_len(column.cast(pl.Int64))
+        if nullable:
+            constant += UNION_INDEX_BYTES
+            size = pl.when(column.is_null()).then(0).otherwise(size)
+        parts.append(size)
+    return pl.sum_horizontal(*parts, pl.lit(constant, pl.Int64))
 
 
 def _container_header(schema: dict[str, Any], sync: bytes) -> bytes:
@@ -185,10 +198,7 @@ class FrameDecoder:
         if self.columnar:
             self._sync = os.urandom(16)
             self._header = _container_header(codec.schema, self._sync)
-            self._size = pl.sum_horizontal(
-                _encoded_size(name, primitive, nullable)
-                for name, (primitive, _, nullable) in types.items()  # type: ignore[misc]
-            )
+            self._size = _encoded_size(types)  # type: ignore[arg-type]
 
     def decode(self, values: Sequence[bytes | None]) -> Decoded:
         current: list[int] = []
@@ -234,7 +244,12 @@ class FrameDecoder:
         )
         try:
             frame = pl.read_avro(io.BytesIO(block))
-        except Exception as exc:  # noqa: BLE001 - any failure means "read each"
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        # Bad bytes can make the reader panic, which reaches Python as an
+        # exception outside the Exception hierarchy; any failure means the
+        # records are read one by one, which tells the bad ones apart.
+        except BaseException as exc:  # noqa: BLE001
             logger.info(
                 "%s: batch of %d not readable as one block (%s); reading each",
                 self.codec.name,

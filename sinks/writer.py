@@ -3,11 +3,11 @@
 Every target is written on its natural key, so writing the same rows again
 changes nothing:
 
-- an append-only table first gets the batch's distinct keys by a plain ``COPY``,
-  the fast path while keys are new; when a key already exists the copy fails as
-  a whole and the rows go through a staging table and ``INSERT ... SELECT ... ON
-  CONFLICT DO NOTHING`` instead, which stays the path until a batch brings only
-  new keys again;
+- an append-only table first gets the batch by a plain ``COPY``, the fast path
+  while keys are new; when a key already exists, or comes twice in the batch,
+  the copy fails as a whole and the first row of each key goes through a
+  staging table and ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` instead,
+  which stays the path until a batch brings only new keys again;
 - a newest-row table gets the newest row of each key in the batch through the
   staging table and ``ON CONFLICT DO UPDATE ... WHERE`` the row is newer.
 
@@ -169,21 +169,20 @@ class _Plan:
         """
         if not self.append:
             return await self._staged(conn, newest_per_key(rows, self.key, self.order))
-        unique = first_per_key(rows, self.key)
-        if self.direct and not guarded:
-            try:
-                await copy_frame(conn, self.target.table, unique, self.encoder)
-            except asyncpg.UniqueViolationError:
-                self.direct = False
-                raise
-            return unique.height
         if self.direct:
+            # A key twice in the batch fails the copy like a stored key does.
             try:
-                async with conn.transaction():
-                    await copy_frame(conn, self.target.table, unique, self.encoder)
-                return unique.height
+                if guarded:
+                    async with conn.transaction():
+                        await copy_frame(conn, self.target.table, rows, self.encoder)
+                else:
+                    await copy_frame(conn, self.target.table, rows, self.encoder)
+                return rows.height
             except asyncpg.UniqueViolationError:
                 self.direct = False
+                if not guarded:
+                    raise
+        unique = first_per_key(rows, self.key)
         inserted = await self._staged(conn, unique)
         self.direct = inserted == unique.height
         return inserted

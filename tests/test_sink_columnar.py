@@ -1,0 +1,268 @@
+"""Batch decoding into columns and binary COPY, against fastavro and PostgreSQL."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import fastavro
+import polars as pl
+import pytest
+
+from fleetstream.codec import (
+    MAGIC,
+    SCHEMA_DIR,
+    Codec,
+    codec,
+    load_schema_file,
+    schema_fingerprint,
+)
+from sinks.columnar import INDEX, CopyEncoder, FrameDecoder
+from sinks.kinds import POSITION, SINKS
+from sinks.writer import ROW_ERRORS, BatchWriter
+
+BASE = datetime(2026, 3, 2, 6, 0, tzinfo=UTC)
+POSITION_SCHEMA = SCHEMA_DIR / "Position.avsc"
+
+
+def fix(i: int, rng: random.Random) -> dict:
+    """A position whose values cross the varint and null boundaries."""
+    nullable = rng.random() < 0.3
+    return {
+        "imei": f"86{i:013d}",
+        "gps_time": BASE + timedelta(milliseconds=rng.randrange(-(2**41), 2**41)),
+        "lat": rng.uniform(-90, 90),
+        "lng": rng.uniform(-180, 180),
+        "speed_kmh": None if nullable else rng.uniform(0, 200),
+        "direction_deg": None if nullable else rng.choice([0, 63, 64, 359, -1]),
+        "acc_on": None if nullable else rng.random() < 0.5,
+        "pos_type": rng.choice(["GPS", "LBS", "WIFI", "", "é" * rng.randrange(70)]),
+        "satellites": None if nullable else rng.choice([0, 1, 8191, 8192, -8193]),
+        "altitude_m": None if nullable else -12.5,
+        "reupload": None if nullable else False,
+        "odometer_m": None if nullable else rng.uniform(0, 1e9),
+        "source": rng.choice(["poll", "push", "backfill"]),
+        "origin": "x" * rng.choice([0, 63, 64, 127, 128, 8191, 8192]),
+        "received_at": BASE + timedelta(seconds=i),
+    }
+
+
+def decoder(position_codec=None) -> FrameDecoder:
+    return FrameDecoder(position_codec or codec("Position"), POSITION.source_fields())
+
+
+def expected_rows(records: list[dict]) -> list[tuple]:
+    return [tuple(r[c] for c in POSITION.columns) for r in records]
+
+
+def rows_of(frame: pl.DataFrame) -> list[tuple]:
+    return frame.select(POSITION.columns).rows()
+
+
+def test_block_decoding_matches_fastavro_record_by_record():
+    rng = random.Random(7)
+    records = [fix(i, rng) for i in range(2000)]
+    encoder = codec("Position")
+    values = [encoder.encode(r) for r in records]
+
+    decoded = decoder().decode(values)
+
+    assert decoded.failed == []
+    assert decoded.frame[INDEX].to_list() == list(range(len(values)))
+    assert rows_of(decoded.frame) == [
+        tuple(encoder.decode(v)[c] for c in POSITION.columns) for v in values
+    ]
+    assert rows_of(decoded.frame) == expected_rows(records)
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        pytest.param(lambda v: v[:-3], id="truncated"),
+        pytest.param(lambda v: v[:10] + b"\x7f" + v[11:], id="string length"),
+        pytest.param(lambda v: v[:10], id="empty body"),
+        pytest.param(lambda v: v + b"\x02\x02", id="trailing bytes"),
+    ],
+)
+def test_a_corrupt_body_never_shifts_its_neighbours(corrupt):
+    rng = random.Random(11)
+    records = [fix(i, rng) for i in range(300)]
+    encoder = codec("Position")
+    values = [encoder.encode(r) for r in records]
+    values[150] = corrupt(values[150])
+
+    decoded = decoder().decode(values)
+
+    # Whatever the reader makes of the bad bytes, every other record is read
+    # from its own bytes, exactly as one at a time.
+    def alone(value):
+        try:
+            return tuple(encoder.decode(value)[c] for c in POSITION.columns)
+        except Exception:  # noqa: BLE001
+            return None
+
+    expected = [(i, alone(v)) for i, v in enumerate(values)]
+    kept = [(i, row) for i, row in expected if row is not None]
+    indexes = decoded.frame[INDEX].to_list()
+    assert list(zip(indexes, rows_of(decoded.frame), strict=True)) == kept
+    assert [i for i, _ in decoded.failed] == [i for i, row in expected if row is None]
+    assert all(reason.startswith("undecodable") for _, reason in decoded.failed)
+
+
+def test_older_writer_schemas_and_bad_headers_in_one_batch():
+    current = load_schema_file(POSITION_SCHEMA)
+    older = json.loads(POSITION_SCHEMA.read_text())
+    older["fields"] = [f for f in older["fields"] if f["name"] != "odometer_m"]
+    older = fastavro.parse_schema(older)
+    old_header = MAGIC + schema_fingerprint(older)
+    position_codec = Codec(
+        "Position", {schema_fingerprint(older): older}, current=current
+    )
+
+    def encode_old(record: dict) -> bytes:
+        buf = io.BytesIO()
+        buf.write(old_header)
+        fastavro.schemaless_writer(buf, older, record)
+        return buf.getvalue()
+
+    rng = random.Random(3)
+    records = [fix(i, rng) for i in range(6)]
+    values = [
+        position_codec.encode(records[0]),
+        encode_old(records[1]),
+        None,
+        position_codec.encode(records[3]),
+        b"\xc3\x01" + b"\x00" * 8 + b"body",
+        b"{}",
+    ]
+
+    decoded = decoder(position_codec).decode(values)
+
+    assert decoded.frame[INDEX].to_list() == [0, 1, 3]
+    # The older schema had no odometer: the current schema's default fills it.
+    resolved = {**records[1], "odometer_m": None}
+    assert rows_of(decoded.frame) == expected_rows([records[0], resolved, records[3]])
+    reasons = dict(decoded.failed)
+    assert sorted(reasons) == [2, 4, 5]
+    assert reasons[2] == "empty value"
+    assert "unknown writer schema fingerprint" in reasons[4]
+    assert "not an Avro single-object message" in reasons[5]
+
+
+def test_record_types_with_nested_fields_are_read_one_by_one():
+    lbs = codec("LbsReading")
+    kind = next(s for s in SINKS if s.kind == "lbs")
+    frame_decoder = FrameDecoder(lbs, kind.source_fields())
+    assert not frame_decoder.columnar
+    record = {f["name"]: f.get("default") for f in lbs.schema["fields"]}
+    record.update(
+        imei="860000000000011",
+        reading_time=BASE,
+        mcc=639,
+        mnc=2,
+        lac=1,
+        cell_id=2**40,
+        cells=[{"lac": 1, "cell_id": 2**40, "signal": None}],
+        source="push",
+        origin="/pushlbs",
+        received_at=BASE,
+    )
+    decoded = frame_decoder.decode([lbs.encode(record)])
+    assert decoded.failed == []
+    assert decoded.frame.select(kind.projection()).row(0) == tuple(
+        record.get(c) for c in kind.columns
+    )
+
+
+async def test_copy_encoder_writes_every_column_type(database_url):
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            "CREATE TABLE t (a text, b integer, c bigint, d smallint, e double "
+            "precision, f real, g boolean, h timestamptz, i timestamp, j date, "
+            "k jsonb, l varchar(8))"
+        )
+        row = (
+            "ñ\u200b",
+            -(2**31),
+            2**62,
+            -32768,
+            1e-300,
+            1.5,
+            False,
+            BASE,
+            datetime(1999, 12, 31, 23, 59, 59, 999999),
+            datetime(2026, 3, 2).date(),
+            '{"a": [1, "two"]}',
+            "12345678",
+        )
+        names = list("abcdefghijkl")
+        frame = pl.DataFrame(
+            [row, (None,) * len(row)], schema=names, orient="row", strict=False
+        )
+        types = dict(
+            await conn.fetch(
+                "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+                "WHERE attrelid = 't'::regclass AND attnum > 0"
+            )
+        )
+        encoder = CopyEncoder({n: types[n] for n in names})
+        await conn.copy_to_table(
+            "t",
+            source=memoryview(encoder.encode(frame)),
+            columns=names,
+            format="binary",
+        )
+        stored = [tuple(r) for r in await conn.fetch("SELECT * FROM t ORDER BY a")]
+    finally:
+        await conn.close()
+    expected = list(row)
+    expected[10] = json.dumps(json.loads(row[10]))
+    assert stored == [tuple(expected), (None,) * len(row)]
+
+
+def test_a_value_its_column_cannot_hold_is_a_row_error():
+    encoder = CopyEncoder({"n": "integer"})
+    with pytest.raises(ROW_ERRORS):
+        encoder.encode(pl.DataFrame({"n": [1, 2**40]}))
+
+
+def test_unsupported_column_types_are_refused_at_start():
+    with pytest.raises(Exception, match="numeric"):
+        CopyEncoder({"n": "numeric(10,2)"})
+
+
+async def test_writer_isolates_bad_json_and_keeps_the_rest(database_url):
+    kind = next(s for s in SINKS if s.kind == "event")
+    rows = pl.DataFrame(
+        [
+            {
+                "imei": "860000000000011",
+                "event_type": "ignition",
+                "event_time": BASE + timedelta(minutes=i),
+                "detail": "{not json" if i == 2 else json.dumps({"i": i}),
+                "source": "push",
+                "origin": "/pushevent",
+                "received_at": BASE,
+                INDEX: 100 + i,
+            }
+            for i in range(5)
+        ]
+    )
+    writer = BatchWriter(kind)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await writer.prepare(conn)
+        changed, rejected = await writer.write(conn, rows)
+        details = await conn.fetch(
+            "SELECT detail->>'i' FROM tracksolid.device_events ORDER BY event_time"
+        )
+    finally:
+        await conn.close()
+    assert changed == {"tracksolid.device_events": 4}
+    assert [r.index for r in rejected] == [102]
+    assert "json" in rejected[0].reason.lower()
+    assert [r[0] for r in details] == ["0", "1", "3", "4"]
