@@ -95,33 +95,43 @@ def _varint_len(value: pl.Expr) -> pl.Expr:
     return pl.max_horizontal((bits + 6) // 7, pl.lit(1, pl.Int64))
 
 
+def _length_varint_len(length: pl.Expr) -> pl.Expr:
+    """Bytes of the varint of a non-negative length below 2^31 (1 to 5)."""
+    # Its zigzag code 2n needs another byte at each n >= 2^(7k - 1).
+    size = pl.lit(1, pl.Int64)
+    for k in range(1, 5):
+        size = size + (length >= 2 ** (7 * k - 1)).cast(pl.Int64)
+    return size
+
+
 def _encoded_size(fields: dict[str, tuple[str, str | None, bool]]) -> pl.Expr:
     """Bytes the canonical Avro encoding of a record with ``fields`` takes, per row.
 
     Fixed-width fields that cannot be null add a constant, so the expression
-    does per-row work only for the others.
+    does per-row work only for the others. A null value computes as null and
+    takes no bytes beyond its union branch index.
     """
     constant = 0
     parts = []
     for name, (primitive, _, nullable) in fields.items():
         column = pl.col(name)
+        if nullable:
+            constant += UNION_INDEX_BYTES
         if primitive in FIXED_WIDTH:
             width = FIXED_WIDTH[primitive]
             if not nullable:
                 constant += width
                 continue
-            size = pl.lit(width, pl.Int64)
-        elif primitive in ("string", "bytes"):
+            parts.append(column.is_not_null().cast(pl.Int64) * width)
+            continue
+        if primitive in ("string", "bytes"):
             length = (
                 column.str.len_bytes() if primitive == "string" else column.bin.size()
             ).cast(pl.Int64)
-            size = _varint_len(length) + length
+            size = _length_varint_len(length) + length
         else:  # int, long, and the timestamps they carry
             size = _varint_len(column.cast(pl.Int64))
-        if nullable:
-            constant += UNION_INDEX_BYTES
-            size = pl.when(column.is_null()).then(0).otherwise(size)
-        parts.append(size)
+        parts.append(size.fill_null(0) if nullable else size)
     return pl.sum_horizontal(*parts, pl.lit(constant, pl.Int64))
 
 
