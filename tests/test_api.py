@@ -420,7 +420,6 @@ async def test_cross_origin_calls_only_from_configured_origins(make_settings, se
     assert get.headers["access-control-allow-origin"] == allowed
 
 
-
 async def test_map_config_names_the_fleet_zone_of_page_times(client, settings):
     config = (await client.get("/map/config")).json()
 
