@@ -42,6 +42,7 @@ LONG_RANGE = (-(2**63), 2**63 - 1)
 SMALL_INTS = range(-(2**13), 2**13)
 
 FieldWriter = Callable[[Any], bytes]
+WriterFactory = Callable[[bytes | None, bytes], FieldWriter]
 
 
 def load_schema_file(path: Path) -> dict[str, Any]:
@@ -73,91 +74,105 @@ SMALL_VARINTS = {n: _zigzag(n) for n in SMALL_INTS}
 PACK_DOUBLE = struct.Struct("<d").pack
 
 
-def _integer_writer(bounds: tuple[int, int]) -> FieldWriter:
+def _integer_writer(bounds: tuple[int, int]) -> WriterFactory:
     low, high = bounds
-    small = SMALL_VARINTS
 
-    def write(value: Any) -> bytes:
-        if value.__class__ is not int or not low <= value <= high:
+    def factory(null: bytes | None, tag: bytes) -> FieldWriter:
+        def write(value: Any, small=SMALL_VARINTS) -> bytes:
+            if value is None and null is not None:
+                return null
+            if value.__class__ is not int or not low <= value <= high:
+                raise NotPlain
+            return tag + (small.get(value) or _zigzag(value))
+
+        return write
+
+    return factory
+
+
+def _double_writer(null: bytes | None, tag: bytes) -> FieldWriter:
+    def write(value: Any, pack=PACK_DOUBLE) -> bytes:
+        if value is None and null is not None:
+            return null
+        cls = value.__class__
+        if cls is not float and cls is not int:
             raise NotPlain
-        encoded = small.get(value)
-        return encoded if encoded is not None else _zigzag(value)
+        return tag + pack(value)
 
     return write
 
 
-def _write_double(value: Any, pack=PACK_DOUBLE) -> bytes:
-    cls = value.__class__
-    if cls is not float and cls is not int:
+def _boolean_writer(null: bytes | None, tag: bytes) -> FieldWriter:
+    true, false = tag + b"\x01", tag + b"\x00"
+
+    def write(value: Any) -> bytes:
+        if value is True:
+            return true
+        if value is False:
+            return false
+        if value is None and null is not None:
+            return null
         raise NotPlain
-    return pack(value)
+
+    return write
 
 
-def _write_boolean(value: Any) -> bytes:
-    if value is True:
-        return b"\x01"
-    if value is False:
-        return b"\x00"
-    raise NotPlain
+def _text_writer(cls: type) -> WriterFactory:
+    as_bytes = cls is str
+
+    def factory(null: bytes | None, tag: bytes) -> FieldWriter:
+        def write(value: Any, small=SMALL_VARINTS) -> bytes:
+            if value is None and null is not None:
+                return null
+            if value.__class__ is not cls:
+                raise NotPlain
+            data = value.encode() if as_bytes else value
+            return tag + (small.get(len(data)) or _zigzag(len(data))) + data
+
+        return write
+
+    return factory
 
 
-def _write_string(value: Any, small=SMALL_VARINTS) -> bytes:
-    if value.__class__ is not str:
-        raise NotPlain
-    data = value.encode()
-    return (small.get(len(data)) or _zigzag(len(data))) + data
-
-
-def _write_bytes(value: Any, small=SMALL_VARINTS) -> bytes:
-    if value.__class__ is not bytes:
-        raise NotPlain
-    return (small.get(len(value)) or _zigzag(len(value))) + value
-
-
-PRIMITIVE_WRITERS: dict[str, FieldWriter] = {
+# Each factory takes the union tag of null (None when the field is required)
+# and the tag written before a value, and returns the field's writer.
+WRITER_FACTORIES: dict[str, WriterFactory] = {
     "int": _integer_writer(INT_RANGE),
     "long": _integer_writer(LONG_RANGE),
-    "double": _write_double,
-    "boolean": _write_boolean,
-    "string": _write_string,
-    "bytes": _write_bytes,
+    "double": _double_writer,
+    "boolean": _boolean_writer,
+    "string": _text_writer(str),
+    "bytes": _text_writer(bytes),
 }
 
 
-def _primitive_writer(schema: Any) -> FieldWriter | None:
+def _factory(schema: Any) -> WriterFactory | None:
     if isinstance(schema, dict):
         logical = schema.get("logicalType")
         if logical is not None and logical != "timestamp-millis":
             return None
         schema = schema.get("type")
-    return PRIMITIVE_WRITERS.get(schema) if isinstance(schema, str) else None
+    return WRITER_FACTORIES.get(schema) if isinstance(schema, str) else None
 
 
-def _null_union_writer(branches: list) -> FieldWriter | None:
-    if len(branches) != 2 or "null" not in branches:
+def _field_writer(kind: Any) -> FieldWriter | None:
+    if not isinstance(kind, list):
+        factory = _factory(kind)
+        return None if factory is None else factory(None, b"")
+    if len(kind) != 2 or "null" not in kind:
         return None
-    null_at = branches.index("null")
-    write = _primitive_writer(branches[1 - null_at])
-    if write is None:
+    null_at = kind.index("null")
+    factory = _factory(kind[1 - null_at])
+    if factory is None:
         return None
-    null_tag = SMALL_VARINTS[null_at]
-    value_tag = SMALL_VARINTS[1 - null_at]
-
-    def write_optional(value: Any) -> bytes:
-        return null_tag if value is None else value_tag + write(value)
-
-    return write_optional
+    return factory(SMALL_VARINTS[null_at], SMALL_VARINTS[1 - null_at])
 
 
 def field_writers(schema: dict[str, Any]) -> list[tuple[str, FieldWriter]] | None:
     """Return a writer per field of a flat record schema, or None when not flat."""
     writers = []
     for field in schema["fields"]:
-        kind = field["type"]
-        if isinstance(kind, list):
-            write = _null_union_writer(kind)
-        else:
-            write = _primitive_writer(kind)
+        write = _field_writer(field["type"])
         if write is None:
             return None
         writers.append((field["name"], write))
