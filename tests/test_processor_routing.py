@@ -6,7 +6,7 @@ import json
 
 from fleetstream.codec import codec
 from processors.dedupe import RecentFixes
-from processors.routing import Router
+from processors.routing import Message, Router
 
 RECEIVED_AT = 1741590000000  # 2025-03-10T07:00:00Z
 IMEI = "860001000000011"
@@ -214,3 +214,44 @@ def test_payload_that_is_not_strict_json_is_dead_lettered(make_settings):
     )
     letter = codec("DeadLetter").decode(feed("position", value).value)
     assert letter["reason"] == "payload is not JSON"
+
+
+def test_a_batch_routes_exactly_as_its_records_one_by_one(make_settings):
+    snapshot = point("2025-03-10 05:00:00", hbTime="2025-03-10 05:00:30")
+    values = [
+        raw("jimi.device.track.list", point("2025-03-10 05:00:00")),
+        raw("pushgps", point("2025-03-10 05:00:00"), "push"),
+        b"not avro",
+        None,
+        raw("pushgps", {**point("2025-03-10 05:01:00"), "lat": 0, "lng": 0}),
+        raw("jimi.user.device.location.list", snapshot),
+        raw("jimi.user.device.location.list", {**snapshot, "hbTime": "05:02"}),
+        raw("jimi.user.device.location.list", {**snapshot, "accStatus": "1"}),
+        raw("pushgps", point("2025-03-10 04:59:50", gpsSpeed="fast")),
+        raw("pushgps", point("2025-03-10 04:59:40", direction="-1")),
+        raw("jimi.device.track.list", point("2025-03-10 05:00:00")),
+    ]
+    messages = [Message(offset, IMEI.encode(), v) for offset, v in enumerate(values)]
+    one_by_one = Feed(make_settings)
+    topic = one_by_one.settings.topic("raw", "position")
+    batched = Router(one_by_one.settings)
+
+    expected = [
+        one_by_one.router.route(topic, 3, m.offset, m.key, m.value) for m in messages
+    ]
+    routed = batched.route_batch(topic, 3, messages)
+
+    assert [without_failed_at(out) for out in routed] == [
+        without_failed_at(out) for out in expected if out is not None
+    ]
+    assert batched.counts == one_by_one.router.counts
+    assert batched.counts["deadletter"] == 5
+
+
+def without_failed_at(out):
+    """Return a message comparable across runs: dead letters lose their time."""
+    if not out.topic.endswith(".deadletter.all"):
+        return out
+    letter = codec("DeadLetter").decode(out.value)
+    letter.pop("failed_at")
+    return out.topic, out.key, letter
