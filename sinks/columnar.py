@@ -332,12 +332,31 @@ def _pg_type_name(declared: str) -> str:
     return base
 
 
+# The first microsecond PostgreSQL's timestamps hold, in Unix microseconds
+# (4714-11-24 BC); their last lies beyond what 64 bits of Unix microseconds hold.
+PG_TIMESTAMP_MIN_US = -210_866_803_200_000_000
+I64_MAX = 2**63 - 1
+PER_MICROSECOND = {"ms": 1000, "us": 1, "ns": 1 / 1000}
+
+
+class OutOfRange(ValueError):
+    """A batch holds a value that its column's type cannot hold."""
+
+
+def _timestamp_bounds(unit: str) -> tuple[int, int]:
+    """Return the lowest and highest storable timestamps in ``unit``."""
+    scale = PER_MICROSECOND[unit]
+    return -int(-PG_TIMESTAMP_MIN_US // scale), int(I64_MAX // scale)
+
+
 class CopyEncoder:
     """Encode DataFrames into PostgreSQL binary ``COPY`` data for fixed columns.
 
     ``types`` maps each column to its type as ``format_type`` prints it.
-    Casting is strict: a value the column cannot hold (an int4 overflow, say)
-    raises, so that the writer can isolate its row.
+    Casting is strict: a value the column cannot hold (an int4 overflow, a
+    timestamp beyond PostgreSQL's range) raises, so that the writer can
+    isolate its row. Timestamps are checked before they are cast, since
+    polars fails on those out of range with a panic rather than an error.
     """
 
     def __init__(self, types: Mapping[str, str]) -> None:
@@ -359,6 +378,7 @@ class CopyEncoder:
                 self._outputs[column] = output
 
     def encode(self, frame: pl.DataFrame) -> bytes:
+        self._check_timestamps(frame)
         table = frame.select(self.casts).to_arrow()
         encoders = {}
         for field in table.schema:
@@ -379,3 +399,18 @@ class CopyEncoder:
         parts.extend(encoder.write_batch(batch) for batch in table.to_batches())
         parts.append(encoder.finish())
         return b"".join(parts)
+
+    def _check_timestamps(self, frame: pl.DataFrame) -> None:
+        checks = []
+        for column in self.columns:
+            dtype = frame.schema.get(column)
+            if isinstance(dtype, pl.Datetime):
+                low, high = _timestamp_bounds(dtype.time_unit)
+                value = pl.col(column).cast(pl.Int64)
+                checks.append(((value < low) | (value > high)).any().alias(column))
+        if not checks:
+            return
+        found = frame.select(checks).row(0, named=True)
+        beyond = [column for column, out in found.items() if out]
+        if beyond:
+            raise OutOfRange(f"timestamps beyond PostgreSQL's range in {beyond}")

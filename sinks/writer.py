@@ -33,7 +33,7 @@ import asyncpg
 import polars as pl
 
 from fleetstream.errors import ConfigError
-from sinks.columnar import INDEX, CopyEncoder
+from sinks.columnar import INDEX, CopyEncoder, OutOfRange
 from sinks.kinds import Append, SinkSpec, Target
 
 logger = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ ROW_ERRORS = (
     asyncpg.DataError,
     asyncpg.IntegrityConstraintViolationError,
     pl.exceptions.InvalidOperationError,
+    OutOfRange,
 )
 
 COLUMN_TYPES = """

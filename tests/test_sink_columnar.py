@@ -266,3 +266,64 @@ async def test_writer_isolates_bad_json_and_keeps_the_rest(database_url):
     assert [r.index for r in rejected] == [102]
     assert "json" in rejected[0].reason.lower()
     assert [r[0] for r in details] == ["0", "1", "3", "4"]
+
+
+def test_timestamps_beyond_postgresql_are_a_row_error_not_a_panic():
+    encoder = CopyEncoder({"t": "timestamp with time zone"})
+    for millis in (2**62, -(2**62), 9_223_372_036_854_776, -210_866_803_200_001):
+        frame = pl.DataFrame({"t": [0, millis]}).select(
+            pl.col("t").cast(pl.Datetime("ms", "UTC"))
+        )
+        with pytest.raises(ROW_ERRORS, match="range"):
+            encoder.encode(frame)
+
+
+async def test_the_extreme_storable_timestamps_round_trip(database_url):
+    lowest, highest = -210_866_803_200_000, 9_223_372_036_854_775
+    frame = pl.DataFrame({"t": [lowest, highest, None]}).select(
+        pl.col("t").cast(pl.Datetime("ms", "UTC"))
+    )
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("CREATE TABLE ts (t timestamptz)")
+        encoder = CopyEncoder({"t": "timestamp with time zone"})
+        await conn.copy_to_table(
+            "ts", source=memoryview(encoder.encode(frame)), format="binary"
+        )
+        stored = await conn.fetch(
+            "SELECT (extract(epoch FROM t) * 1000)::bigint FROM ts ORDER BY t"
+        )
+    finally:
+        await conn.close()
+    assert [r[0] for r in stored] == [lowest, highest, None]
+
+
+async def test_writer_rejects_only_the_row_with_an_impossible_time(database_url):
+    rng = random.Random(5)
+    records = [fix(i, rng) for i in range(8)]
+    for record in records:
+        record["lat"], record["lng"] = -1.3, 36.8
+        record["direction_deg"] = record["satellites"] = None
+    frame = pl.DataFrame(
+        expected_rows(records), schema=list(POSITION.columns), orient="row"
+    ).with_columns(pl.Series(INDEX, range(8), dtype=pl.Int64))
+    physical = pl.col("gps_time").dt.cast_time_unit("ms").cast(pl.Int64)
+    frame = frame.with_columns(
+        pl.when(pl.col(INDEX) == 5)
+        .then(pl.lit(2**62))
+        .otherwise(physical)
+        .cast(pl.Datetime("ms", "UTC"))
+        .alias("gps_time")
+    )
+    writer = BatchWriter(POSITION)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await writer.prepare(conn)
+        changed, rejected = await writer.write(conn, frame)
+        stored = await conn.fetchval("SELECT count(*) FROM tracksolid.position_history")
+    finally:
+        await conn.close()
+    assert [r.index for r in rejected] == [5]
+    assert "range" in rejected[0].reason
+    assert stored == 7
+    assert changed["tracksolid.position_history"] == 7
