@@ -218,10 +218,10 @@ class TimedSink(Sink):
             self._add("fetch from the broker", time.perf_counter() - started)
         return batch, ends, began
 
-    def _decode(self, batch):
+    async def _decode(self, batch):
         started = time.perf_counter()
         try:
-            return super()._decode(batch)
+            return await super()._decode(batch)
         finally:
             self._add("decode", time.perf_counter() - started)
 

@@ -88,6 +88,9 @@ TRANSIENT = (
 DB_COMMAND_TIMEOUT_SECONDS = 60.0
 # Batches read and decoded ahead of the one being written.
 READ_AHEAD = 1
+# Records taken from the consumer, or decoded, between two turns of the event
+# loop.
+FETCH_STEP_RECORDS = 5000
 REASON_MAX_CHARS = 1000
 
 
@@ -241,7 +244,7 @@ class Sink:
             while not stop.is_set():
                 batch, ends, began = await self._collect(stop)
                 if batch:
-                    rows, dead = self._decode(batch)
+                    rows, dead = await self._decode(batch)
                     await ready.put((batch, ends, began, rows, dead))
         except Exception as exc:  # noqa: BLE001 - handed to the writing loop
             await ready.put(exc)
@@ -267,8 +270,12 @@ class Sink:
             if remaining <= 0 and batch:
                 break
             fetched = await self._consumer.getmany(
-                timeout_ms=max(int(remaining * 1000), 0), max_records=limit - len(batch)
+                timeout_ms=max(int(remaining * 1000), 0),
+                max_records=min(limit - len(batch), FETCH_STEP_RECORDS),
             )
+            # Records already fetched come back without a wait: yield anyway,
+            # so that the batch being written hears from PostgreSQL promptly.
+            await asyncio.sleep(0)
             if fetched and not batch:
                 began = time.monotonic()
                 deadline = began + wait
@@ -311,14 +318,28 @@ class Sink:
         await self._retrying(stop, "group coordinator", self._commit_pending)
         self.stats.observe_batch(len(batch), changed, len(dead), began)
 
-    def _decode(
+    async def _decode(
         self, batch: list[ConsumerRecord]
     ) -> tuple[pl.DataFrame, list[tuple[ConsumerRecord, str]]]:
         """Return the batch's rows (``INDEX`` names each row's record) and the
-        records that could not be decoded, with the reason."""
-        decoded = self._decoder.decode([record.value for record in batch])
-        dead = [(batch[i], reason) for i, reason in decoded.failed]
-        return decoded.frame.select(self._projection), dead
+        records that could not be decoded, with the reason.
+
+        Decoded in steps with a turn of the event loop between them, so that
+        the batch being written is never kept waiting long.
+        """
+        frames = []
+        dead: list[tuple[ConsumerRecord, str]] = []
+        for first in range(0, len(batch), FETCH_STEP_RECORDS):
+            part = batch[first : first + FETCH_STEP_RECORDS]
+            decoded = self._decoder.decode([record.value for record in part])
+            dead.extend((part[i], reason) for i, reason in decoded.failed)
+            frames.append(
+                decoded.frame.select(self._projection).with_columns(
+                    pl.col(INDEX) + first
+                )
+            )
+            await asyncio.sleep(0)
+        return pl.concat(frames, rechunk=False), dead
 
     async def _database_ready(self, stop: asyncio.Event) -> bool:
         """Connect and check the tables; False when stopped before it succeeded."""
