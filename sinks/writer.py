@@ -39,12 +39,14 @@ from sinks.kinds import Append, SinkSpec, Target
 logger = logging.getLogger(__name__)
 
 # Errors that belong to the rows, not to the database: SQLSTATE classes 22
-# (data exception) and 23 (integrity constraint violation), and a value that
-# does not fit its column's type when the batch is cast before encoding.
+# (data exception), 23 (integrity constraint violation) and 54 (a limit a value
+# exceeds: a key too long for its index, JSON nested too deep), and a value
+# that does not fit its column's type when the batch is cast before encoding.
 # Nothing broader: a bug that failed every row would otherwise dead-letter them.
 ROW_ERRORS = (
     asyncpg.DataError,
     asyncpg.IntegrityConstraintViolationError,
+    asyncpg.ProgramLimitExceededError,
     pl.exceptions.InvalidOperationError,
     OutOfRange,
 )

@@ -235,28 +235,42 @@ def test_unsupported_column_types_are_refused_at_start():
         CopyEncoder({"n": "numeric(10,2)"})
 
 
-async def test_writer_isolates_bad_json_and_keeps_the_rest(database_url):
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        pytest.param({"detail": "{not json"}, "json", id="invalid json"),
+        pytest.param({"detail": "[" * 200_000}, "stack depth", id="json too deep"),
+        pytest.param(
+            # Random letters: a repeated one would compress to fit the index.
+            {"event_type": "".join(random.Random(1).choices("abcdefgh", k=9000))},
+            "index row",
+            id="key too long",
+        ),
+        pytest.param({"detail": '{"a": "\\u0000"}'}, "\\u0000", id="json nul"),
+        pytest.param({"imei": "8600\x0000000011"}, "0x00", id="text nul"),
+    ],
+)
+async def test_writer_isolates_rows_postgresql_refuses(database_url, bad, reason):
     kind = next(s for s in SINKS if s.kind == "event")
-    rows = pl.DataFrame(
-        [
-            {
-                "imei": "860000000000011",
-                "event_type": "ignition",
-                "event_time": BASE + timedelta(minutes=i),
-                "detail": "{not json" if i == 2 else json.dumps({"i": i}),
-                "source": "push",
-                "origin": "/pushevent",
-                "received_at": BASE,
-                INDEX: 100 + i,
-            }
-            for i in range(5)
-        ]
-    )
+    records = [
+        {
+            "imei": "860000000000011",
+            "event_type": "ignition",
+            "event_time": BASE + timedelta(minutes=i),
+            "detail": json.dumps({"i": i}),
+            "source": "push",
+            "origin": "/pushevent",
+            "received_at": BASE,
+            INDEX: 100 + i,
+        }
+        for i in range(5)
+    ]
+    records[2].update(bad)
     writer = BatchWriter(kind)
     conn = await asyncpg.connect(database_url)
     try:
         await writer.prepare(conn)
-        changed, rejected = await writer.write(conn, rows)
+        changed, rejected = await writer.write(conn, pl.DataFrame(records))
         details = await conn.fetch(
             "SELECT detail->>'i' FROM tracksolid.device_events ORDER BY event_time"
         )
@@ -264,7 +278,7 @@ async def test_writer_isolates_bad_json_and_keeps_the_rest(database_url):
         await conn.close()
     assert changed == {"tracksolid.device_events": 4}
     assert [r.index for r in rejected] == [102]
-    assert "json" in rejected[0].reason.lower()
+    assert reason in rejected[0].reason.lower()
     assert [r[0] for r in details] == ["0", "1", "3", "4"]
 
 
