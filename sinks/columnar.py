@@ -301,8 +301,23 @@ class FrameDecoder:
                 failed.append((i, f"undecodable: {type(exc).__name__}: {exc}"))
                 continue
             kept.append(i)
+        try:
+            return self._frame(records, kept)
+        except (TypeError, ValueError, OverflowError, pl.exceptions.PolarsError):
+            pass
+        # fastavro reads a varint of any length, so an "int" can come back
+        # beyond 32 bits: find the records whose values their types cannot hold.
+        frames = []
+        for i, record in zip(kept, records, strict=True):
+            try:
+                frames.append(self._frame([record], [i]))
+            except (TypeError, ValueError, OverflowError, pl.exceptions.PolarsError):
+                failed.append((i, "undecodable: a value beyond its Avro type"))
+        return pl.concat(frames) if frames else self._empty()
+
+    def _frame(self, records: list[dict[str, Any]], positions: list[int]):
         columns = {name: [r.get(name) for r in records] for name in self.fields}
-        columns[INDEX] = kept
+        columns[INDEX] = positions
         return pl.DataFrame(columns, schema={**self.schema, INDEX: pl.Int64})
 
 

@@ -112,6 +112,33 @@ def test_a_corrupt_body_never_shifts_its_neighbours(corrupt):
     assert all(reason.startswith("undecodable") for _, reason in decoded.failed)
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("direction_deg", 2**40), ("satellites", -(2**31) - 1)],
+)
+def test_an_int_beyond_32_bits_is_dead_lettered_alone(field, value):
+    # The same bytes as the current schema but with "long" where it says "int":
+    # a writer that ignores the contract.
+    wide = json.loads(POSITION_SCHEMA.read_text())
+    for f in wide["fields"]:
+        if f["name"] == field:
+            f["type"] = ["null", "long"]
+    wide = fastavro.parse_schema(wide)
+    encoder = codec("Position")
+    rng = random.Random(2)
+    records = [fix(i, rng) for i in range(9)]
+    values = [encoder.encode(r) for r in records]
+    buf = io.BytesIO()
+    buf.write(encoder.header)
+    fastavro.schemaless_writer(buf, wide, {**records[4], field: value})
+    values[4] = buf.getvalue()
+
+    decoded = decoder().decode(values)
+
+    assert decoded.failed == [(4, "undecodable: a value beyond its Avro type")]
+    assert rows_of(decoded.frame) == expected_rows(records[:4] + records[5:])
+
+
 def test_older_writer_schemas_and_bad_headers_in_one_batch():
     current = load_schema_file(POSITION_SCHEMA)
     older = json.loads(POSITION_SCHEMA.read_text())
