@@ -60,6 +60,18 @@ class NotPlain(Exception):
     """A value the field writers leave to fastavro."""
 
 
+# A record the field writers cannot write whole (a missing field, an unexpected
+# type, text that is not UTF-8) goes to fastavro, which writes it or refuses it.
+LEFT_TO_FASTAVRO = (
+    NotPlain,
+    KeyError,
+    TypeError,
+    OverflowError,
+    UnicodeError,
+    struct.error,
+)
+
+
 def _zigzag(n: int) -> bytes:
     n = (n << 1) ^ (n >> 63)
     out = bytearray()
@@ -198,14 +210,7 @@ class Codec:
                 for name, write in self._fields:
                     parts.append(write(record[name]))
                 return b"".join(parts)
-            except (
-                NotPlain,
-                KeyError,
-                TypeError,
-                OverflowError,
-                UnicodeError,
-                struct.error,
-            ):
+            except LEFT_TO_FASTAVRO:
                 pass
         return self.encode_with_fastavro(record)
 
