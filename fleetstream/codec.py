@@ -203,6 +203,11 @@ class Codec:
         self._writers = {**writers, self.header[2:]: current}
         self._fields = field_writers(current)
 
+    @property
+    def writers(self) -> dict[bytes, dict[str, Any]]:
+        """The writer schemas this codec decodes, by fingerprint."""
+        return dict(self._writers)
+
     def encode(self, record: dict[str, Any]) -> bytes:
         if self._fields is not None:
             try:
