@@ -30,13 +30,14 @@ from typing import Any
 
 import pgpq
 import polars as pl
-from fastavro import parse_schema
+import pyarrow as pa
+from fastavro import parse_schema, schemaless_reader
 from fastavro.write import Writer
 from pgpq import encoders as pg_encoders
 from pgpq import schema as pg_schema
 
 from fleetstream.codec import HEADER_LEN, MAGIC, Codec
-from fleetstream.errors import ConfigError
+from fleetstream.errors import ConfigError, ContractError
 
 logger = logging.getLogger(__name__)
 
@@ -104,43 +105,45 @@ def _length_varint_len(length: pl.Expr) -> pl.Expr:
     return size
 
 
-def _encoded_size(fields: dict[str, tuple[str, str | None, bool]]) -> pl.Expr:
-    """Bytes the canonical Avro encoding of a record with ``fields`` takes, per row.
+def _field_sizes(
+    fields: dict[str, tuple[str, str | None, bool]],
+) -> list[tuple[str, pl.Expr]]:
+    """Bytes each field's canonical Avro encoding takes, per row, in order.
 
-    Fixed-width fields that cannot be null add a constant, so the expression
-    does per-row work only for the others. A null value computes as null and
-    takes no bytes beyond its union branch index.
+    A nullable field's size counts its union branch index; a null value
+    computes as null and is counted as that index alone.
     """
-    constant = 0
-    parts = []
+    sizes = []
     for name, (primitive, _, nullable) in fields.items():
         column = pl.col(name)
-        if nullable:
-            constant += UNION_INDEX_BYTES
         if primitive in FIXED_WIDTH:
-            width = FIXED_WIDTH[primitive]
-            if not nullable:
-                constant += width
-                continue
-            parts.append(column.is_not_null().cast(pl.Int64) * width)
-            continue
-        if primitive in ("string", "bytes"):
+            size = pl.lit(FIXED_WIDTH[primitive], pl.Int64)
+        elif primitive in ("string", "bytes"):
             length = (
                 column.str.len_bytes() if primitive == "string" else column.bin.size()
             ).cast(pl.Int64)
             size = _length_varint_len(length) + length
         else:  # int, long, and the timestamps they carry
             size = _varint_len(column.cast(pl.Int64))
-        parts.append(size.fill_null(0) if nullable else size)
-    return pl.sum_horizontal(*parts, pl.lit(constant, pl.Int64))
+        if nullable:
+            size = pl.when(column.is_null()).then(0).otherwise(size) + UNION_INDEX_BYTES
+        sizes.append((name, size))
+    return sizes
 
 
 def _container_header(schema: dict[str, Any], sync: bytes) -> bytes:
-    """Return an Avro object-container header for ``schema``, no codec."""
+    """Return an Avro object-container header for ``schema``, no codec.
 
-    # Defaults and docs do not change how data is read; polars' Avro reader
-    # refuses some string defaults, so the header leaves them out.
+    Defaults and docs do not change how data is read, and polars' Avro reader
+    refuses some string defaults, so the header leaves them out. It also says
+    "long" where the schema says "int": both are the same varint, and polars
+    would wrap an "int" beyond 32 bits where fastavro reads it whole, so the
+    decoder reads 64 bits and checks the range itself.
+    """
+
     def bare(node: Any) -> Any:
+        if node == "int":
+            return "long"
         if isinstance(node, dict):
             return {
                 k: bare(v)
@@ -179,11 +182,32 @@ class Decoded:
     failed: list[tuple[int, str]]
 
 
+def _plain(schema: Any) -> Any:
+    """Return ``schema`` without logical types: timestamps read as longs."""
+    if isinstance(schema, dict):
+        return {
+            k: _plain(v)
+            for k, v in schema.items()
+            if k != "logicalType" and not k.startswith("__")
+        }
+    if isinstance(schema, list):
+        return [_plain(v) for v in schema]
+    return schema
+
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+# A nullable field's union branch index byte: zigzag 0 (null) or 1 (value).
+NULL_BRANCH, VALUE_BRANCH = 0, 2
+LENGTH, START = "_fs_length", "_fs_start"
+
+
 class FrameDecoder:
     """Decode batches of one record type's messages into a DataFrame.
 
     ``fields`` are the record fields to keep; each must be a primitive, a
-    nullable primitive, or a timestamp.
+    nullable primitive, or a timestamp. Both ways of reading agree on every
+    message: a record is kept only if fastavro would read it from exactly its
+    own bytes, with every value in its type's range.
     """
 
     def __init__(self, codec: Codec, fields: Sequence[str]) -> None:
@@ -198,17 +222,69 @@ class FrameDecoder:
                 )
         self.fields = list(fields)
         self.schema = {
-            name: _dtype(*types[name][:2])
-            for name in self.fields  # type: ignore[misc]
+            name: _dtype(*types[name][:2])  # type: ignore[misc]
+            for name in self.fields
         }
         self.fingerprint = codec.header[2:]
+        # Record by record, timestamps are read as the longs they are, so that
+        # both ways of reading keep any instant PostgreSQL can store (Python's
+        # datetime stops at year 9999).
+        self._reader = parse_schema(_plain(codec.schema))
+        self._writers = {
+            fingerprint: (
+                None if fingerprint == self.fingerprint else parse_schema(_plain(w))
+            )
+            for fingerprint, w in codec.writers.items()
+        }
+        self._timestamps = {
+            name: dtype
+            for name, dtype in self.schema.items()
+            if isinstance(dtype, pl.Datetime)
+        }
+        self._plain_schema = {
+            name: pl.Int64() if name in self._timestamps else dtype
+            for name, dtype in self.schema.items()
+        }
         # Whole batches are read as one block only when every field's size can
         # be recomputed, which proves each record was read from its own bytes.
         self.columnar = all(t is not None for t in types.values())
         if self.columnar:
             self._sync = os.urandom(16)
             self._header = _container_header(codec.schema, self._sync)
-            self._size = _encoded_size(types)  # type: ignore[arg-type]
+            self._checks = self._block_checks(types)  # type: ignore[arg-type]
+
+    def _block_checks(
+        self, types: dict[str, tuple[str, str | None, bool]]
+    ) -> tuple[list[pl.Expr], list[pl.Expr], list[tuple[str, pl.Expr]]]:
+        """Return the checks a block's frame must pass, per row.
+
+        The recomputed size of each record must equal its message's; every
+        "int" must fit in 32 bits; every union branch index must be the byte
+        that fastavro reads as null or as the value, at the offset where the
+        record's earlier fields end. Returned as the per-field sizes (computed
+        first, as columns), the range checks, and for each nullable field the
+        name of its offset's column and the byte expected there.
+        """
+        sizes = [
+            size.alias(f"_fs_size_{k}")
+            for k, (_, size) in enumerate(_field_sizes(types))
+        ]
+        ranges = [
+            pl.col(name).is_between(INT32_MIN, INT32_MAX) | pl.col(name).is_null()
+            for name, (primitive, _, _) in types.items()
+            if primitive == "int"
+        ]
+        branches = []
+        for k, (name, (_, _, nullable)) in enumerate(types.items()):
+            if nullable:
+                expected = (
+                    pl.when(pl.col(name).is_null())
+                    .then(NULL_BRANCH)
+                    .otherwise(VALUE_BRANCH)
+                    .cast(pl.UInt8)
+                )
+                branches.append((f"_fs_size_{k}", expected))
+        return sizes, ranges, branches
 
     def decode(self, values: Sequence[bytes | None]) -> Decoded:
         current: list[int] = []
@@ -267,13 +343,9 @@ class FrameDecoder:
                 type(exc).__name__,
             )
             return None
-        sizes = pl.Series([len(b) for b in bodies], dtype=pl.Int64)
-        if (
-            frame.height != len(bodies)
-            or not frame.select((self._size == sizes).all()).item()
-        ):
+        if frame.height != len(bodies) or not self._proven(frame, bodies, data):
             logger.info(
-                "%s: batch of %d decoded to sizes that differ from its messages; "
+                "%s: batch of %d not proven read from each record's own bytes; "
                 "reading each",
                 self.codec.name,
                 len(bodies),
@@ -283,6 +355,30 @@ class FrameDecoder:
             *(pl.col(name).cast(self.schema[name]) for name in self.fields),
             pl.Series(INDEX, positions, dtype=pl.Int64),
         )
+
+    def _proven(self, frame: pl.DataFrame, bodies: list[bytes], data: bytes) -> bool:
+        sizes, ranges, branches = self._checks
+        lengths = pl.Series(LENGTH, [len(b) for b in bodies], dtype=pl.Int64)
+        # The batch's bytes as a column of octets, without a copy.
+        octets = pl.from_arrow(
+            pa.Array.from_buffers(pa.uint8(), len(data), [None, pa.py_buffer(data)])
+        )
+        names = [size.meta.output_name() for size in sizes]
+        measured = frame.with_columns(
+            *sizes, lengths, (lengths.cum_sum() - lengths).alias(START)
+        )
+        # Where each field starts: the record's start plus its earlier fields.
+        ends = pl.cum_sum_horizontal(pl.col(START), *names).struct
+        starts = {
+            name: ends.field(prior)
+            for prior, name in zip([START, *names[:-1]], names, strict=True)
+        }
+        checks = [pl.sum_horizontal(names) == pl.col(LENGTH), *ranges]
+        checks.extend(
+            pl.lit(octets).gather(starts[size]) == expected
+            for size, expected in branches
+        )
+        return measured.select(pl.all_horizontal(checks).all()).item()
 
     def _read_each(
         self,
@@ -296,9 +392,11 @@ class FrameDecoder:
             # Bad bytes make the Avro reader fail in many ways; whatever it
             # raises, the record is unusable here.
             try:
-                records.append(self.codec.decode(values[i]))  # type: ignore[arg-type]
+                records.append(self._read_one(values[i]))  # type: ignore[arg-type]
             except Exception as exc:  # noqa: BLE001
-                failed.append((i, f"undecodable: {type(exc).__name__}: {exc}"))
+                failed.append(
+                    (i, one_line(f"undecodable: {type(exc).__name__}: {exc}"))
+                )
                 continue
             kept.append(i)
         try:
@@ -315,10 +413,42 @@ class FrameDecoder:
                 failed.append((i, "undecodable: a value beyond its Avro type"))
         return pl.concat(frames) if frames else self._empty()
 
+    def _read_one(self, value: bytes) -> dict[str, Any]:
+        """Read one message with fastavro, which must use every byte of it."""
+        name = self.codec.name
+        if len(value) < HEADER_LEN or value[:2] != MAGIC:
+            raise ContractError(f"{name}: not an Avro single-object message")
+        fingerprint = value[2:HEADER_LEN]
+        if fingerprint not in self._writers:
+            raise ContractError(
+                f"{name}: unknown writer schema fingerprint {fingerprint.hex()}"
+            )
+        writer = self._writers[fingerprint]
+        buf = io.BytesIO(value)
+        buf.seek(HEADER_LEN)
+        if writer is None:
+            record = schemaless_reader(buf, self._reader, None)
+        else:
+            record = schemaless_reader(buf, writer, self._reader)
+        left = len(value) - buf.tell()
+        if left:
+            raise ContractError(f"{name}: {left} bytes after the record")
+        return record
+
     def _frame(self, records: list[dict[str, Any]], positions: list[int]):
         columns = {name: [r.get(name) for r in records] for name in self.fields}
         columns[INDEX] = positions
-        return pl.DataFrame(columns, schema={**self.schema, INDEX: pl.Int64})
+        frame = pl.DataFrame(columns, schema={**self._plain_schema, INDEX: pl.Int64})
+        if not self._timestamps:
+            return frame
+        return frame.with_columns(
+            pl.col(name).cast(dtype) for name, dtype in self._timestamps.items()
+        )
+
+
+def one_line(text: str) -> str:
+    """Return ``text`` on one line: database errors carry DETAIL and HINT lines."""
+    return " / ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 # PostgreSQL column types a sink writes, as the polars type cast to before

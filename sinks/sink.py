@@ -47,7 +47,7 @@ from fleetstream.kafka import ensure_topics, make_consumer, make_producer
 from fleetstream.runtime import sleep_or_stop
 from fleetstream.settings import Settings
 from fleetstream.topics import CLEAN, DEADLETTER_TOPIC, spec
-from sinks.columnar import INDEX, FrameDecoder
+from sinks.columnar import INDEX, FrameDecoder, one_line
 from sinks.kinds import SinkSpec
 from sinks.stats import SinkStats
 from sinks.writer import BatchWriter
@@ -356,7 +356,7 @@ class Sink:
                     "sink %s: database unavailable at start (%s: %s); retry in %.1f s",
                     self.spec.kind,
                     type(exc).__name__,
-                    exc,
+                    one_line(str(exc)),
                     delay,
                 )
             if await sleep_or_stop(stop, delay):
@@ -388,7 +388,7 @@ class Sink:
                     self.spec.kind,
                     service,
                     type(exc).__name__,
-                    exc,
+                    one_line(str(exc)),
                     failures,
                     delay,
                 )
@@ -471,11 +471,15 @@ class Sink:
                 await self._producer.send(self.dead_letter_topic, value, key=record.key)
             )
         await asyncio.gather(*sent)
+        record, reason = dead[0]
         logger.warning(
-            "sink %s: sent %d records to %s",
+            "sink %s: sent %d records to %s, the first from partition %d offset %d: %s",
             self.spec.kind,
             len(dead),
             self.dead_letter_topic,
+            record.partition,
+            record.offset,
+            reason[:200],
         )
 
     async def _commit_pending(self) -> None:

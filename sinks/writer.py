@@ -33,7 +33,7 @@ import asyncpg
 import polars as pl
 
 from fleetstream.errors import ConfigError
-from sinks.columnar import INDEX, CopyEncoder, OutOfRange
+from sinks.columnar import INDEX, CopyEncoder, OutOfRange, one_line
 from sinks.kinds import Append, SinkSpec, Target
 
 logger = logging.getLogger(__name__)
@@ -287,7 +287,7 @@ class BatchWriter:
         except ROW_ERRORS as exc:
             self._stage.dirty = dirty
             if rows.height == 1:
-                reason = f"{type(exc).__name__}: {exc}"
+                reason = one_line(f"{type(exc).__name__}: {exc}")
                 rejected.append(Rejected(rows[INDEX].item(), reason))
                 return
             middle = rows.height // 2

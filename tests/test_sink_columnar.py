@@ -97,12 +97,18 @@ def test_a_corrupt_body_never_shifts_its_neighbours(corrupt):
     decoded = decoder().decode(values)
 
     # Whatever the reader makes of the bad bytes, every other record is read
-    # from its own bytes, exactly as one at a time.
+    # from its own bytes, exactly as fastavro reads it alone; a record that
+    # fastavro cannot read, or reads leaving bytes over, is dead-lettered.
     def alone(value):
+        buf = io.BytesIO(value)
+        buf.seek(10)
         try:
-            return tuple(encoder.decode(value)[c] for c in POSITION.columns)
+            record = fastavro.schemaless_reader(buf, encoder.schema, None)
         except Exception:  # noqa: BLE001
             return None
+        if buf.tell() != len(value):
+            return None
+        return tuple(record[c] for c in POSITION.columns)
 
     expected = [(i, alone(v)) for i, v in enumerate(values)]
     kept = [(i, row) for i, row in expected if row is not None]
@@ -114,7 +120,7 @@ def test_a_corrupt_body_never_shifts_its_neighbours(corrupt):
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("direction_deg", 2**40), ("satellites", -(2**31) - 1)],
+    [("direction_deg", 2**40), ("direction_deg", 2**31), ("satellites", -(2**31) - 1)],
 )
 def test_an_int_beyond_32_bits_is_dead_lettered_alone(field, value):
     # The same bytes as the current schema but with "long" where it says "int":
@@ -137,6 +143,71 @@ def test_an_int_beyond_32_bits_is_dead_lettered_alone(field, value):
 
     assert decoded.failed == [(4, "undecodable: a value beyond its Avro type")]
     assert rows_of(decoded.frame) == expected_rows(records[:4] + records[5:])
+
+
+def plain_position(**changes) -> dict:
+    """The Position schema without logical types, with ``changes`` to fields."""
+    schema = json.loads(POSITION_SCHEMA.read_text())
+    for f in schema["fields"]:
+        if isinstance(f["type"], dict):
+            f["type"] = f["type"]["type"]
+        f["type"] = changes.get(f["name"], f["type"])
+    return fastavro.parse_schema(schema)
+
+
+def encode_as(schema: dict, record: dict) -> bytes:
+    buf = io.BytesIO()
+    buf.write(codec("Position").header)
+    fastavro.schemaless_writer(buf, schema, record)
+    return buf.getvalue()
+
+
+# fastavro reads branch -1 (0x01) as the last branch, so it is left out.
+@pytest.mark.parametrize("branch", [b"\x03", b"\x04", b"\x06", b"\x42"])
+def test_a_union_branch_fastavro_refuses_is_refused_in_a_block(branch):
+    encoder = codec("Position")
+    rng = random.Random(4)
+    records = [fix(i, rng) for i in range(6)]
+    values = [encoder.encode(r) for r in records]
+    # speed_kmh's branch index follows imei, gps_time, lat and lng.
+    first = {"type": "record", "name": "P", "fields": encoder.schema["fields"][:4]}
+    prefix = io.BytesIO()
+    fastavro.schemaless_writer(prefix, fastavro.parse_schema(first), records[3])
+    at = 10 + len(prefix.getvalue())
+    assert values[3][at : at + 1] in (b"\x00", b"\x02")
+    values[3] = values[3][:at] + branch + values[3][at + 1 :]
+
+    decoded = decoder().decode(values)
+
+    assert [i for i, _ in decoded.failed] == [3]
+    assert rows_of(decoded.frame) == expected_rows(records[:3] + records[4:])
+
+
+def test_instants_beyond_year_9999_read_alike_in_a_block_and_one_by_one():
+    encoder = codec("Position")
+    rng = random.Random(6)
+    records = [fix(i, rng) for i in range(4)]
+    plain = plain_position()
+    far = 10**15  # in year 33658
+    extreme = {
+        **records[1],
+        "gps_time": far,
+        "received_at": -62_000_000_000_000,  # 1 BC
+    }
+    values = [encoder.encode(records[0]), encode_as(plain, extreme)]
+    corrupt = encoder.encode(records[2])[:-2]
+
+    as_block = decoder().decode(values)
+    one_by_one = decoder().decode([*values, corrupt])
+
+    assert as_block.failed == []
+    assert [i for i, _ in one_by_one.failed] == [2]
+    for decoded in (as_block, one_by_one):
+        times = decoded.frame.select(
+            pl.col("gps_time", "received_at").dt.epoch("ms")
+        ).rows()
+        assert times[1] == (far, -62_000_000_000_000)
+        assert decoded.frame[INDEX].to_list() == [0, 1]
 
 
 def test_older_writer_schemas_and_bad_headers_in_one_batch():
@@ -306,6 +377,8 @@ async def test_writer_isolates_rows_postgresql_refuses(database_url, bad, reason
     assert changed == {"tracksolid.device_events": 4}
     assert [r.index for r in rejected] == [102]
     assert reason in rejected[0].reason.lower()
+    # PostgreSQL's DETAIL and HINT lines are kept, on the reason's one line.
+    assert "\n" not in rejected[0].reason
     assert [r[0] for r in details] == ["0", "1", "3", "4"]
 
 
