@@ -1,6 +1,6 @@
 """The ``fleetstream`` command: one sub-command per stage.
 
-Each stage runs on its own (``fleetstream poll``, ``webhook``, ``process``,
+Each stage runs on its own (``fleetstream poll``, ``webhook``, ``process``, ``derive``,
 ``sink``, ``api``, ``migrate``) so production can scale and restart them
 separately; ``fleetstream dev`` runs all of them on the embedded defaults.
 """
@@ -25,6 +25,10 @@ STAGES: dict[str, tuple[str, str]] = {
     "poll": ("producers.poll", "poll the Tracksolid Open API into raw topics"),
     "webhook": ("producers.webhook", "receive platform pushes into raw topics"),
     "process": ("processors.app", "clean raw topics into clean topics (faust)"),
+    "derive": (
+        "processors.derived",
+        "derive distance, trips and daily mileage from clean positions",
+    ),
     "sink": ("sinks.runner", "write clean topics into PostgreSQL"),
     "api": ("api.app", "serve the reporting API and the maps"),
     "fake-platform": ("fakeplatform.server", "run the fake Tracksolid platform"),

@@ -52,8 +52,15 @@ def _raw(kind: str, doc: str) -> TopicSpec:
     )
 
 
-def _clean(kind: str, schema: str, doc: str, **kw) -> TopicSpec:
-    return TopicSpec(CLEAN, kind, schema, ("process",), ("sink",), doc=doc, **kw)
+def _clean(
+    kind: str,
+    schema: str,
+    doc: str,
+    writers: tuple[str, ...] = ("process",),
+    readers: tuple[str, ...] = ("sink",),
+    **kw,
+) -> TopicSpec:
+    return TopicSpec(CLEAN, kind, schema, writers, readers, doc=doc, **kw)
 
 
 # Raw topics keep every event forever: they are the replay source for backfills.
@@ -74,7 +81,12 @@ RAW_TOPICS: tuple[TopicSpec, ...] = (
 )
 
 CLEAN_TOPICS: tuple[TopicSpec, ...] = (
-    _clean("position", "Position", "validated fixes, one per (imei, gps_time)"),
+    _clean(
+        "position",
+        "Position",
+        "validated fixes, one per (imei, gps_time)",
+        readers=("sink", "derive"),
+    ),
     _clean("heartbeat", "Heartbeat", "signs of life without a new fix"),
     _clean("alarm", "Alarm", "alarms, one per (imei, alarm_type, alarm_time)"),
     _clean("event", "DeviceEvent", "device status events: LOGIN, LOGOUT"),
@@ -88,6 +100,7 @@ CLEAN_TOPICS: tuple[TopicSpec, ...] = (
         "device",
         "Device",
         "latest registry data per device",
+        readers=("sink", "derive"),
         compacted=True,
     ),
 )
@@ -110,11 +123,14 @@ DERIVED_TOPICS: tuple[TopicSpec, ...] = (
         "trip",
         "Trip",
         "trips: derived from fixes (source derived) and platform reports (platform)",
+        writers=("process", "derive"),
     ),
     _clean(
         "mileage_daily",
         "MileageDaily",
         "distance per device per local day, latest total per key",
+        writers=("derive",),
+        readers=(),
         key="imei|day",
         compacted=True,
     ),
@@ -122,8 +138,8 @@ DERIVED_TOPICS: tuple[TopicSpec, ...] = (
         STATE,
         "derived",
         "DerivedState",
-        ("process",),
-        ("process",),
+        ("derive",),
+        ("derive",),
         compacted=True,
         doc="accepted fixes and device snapshots that processors.derived recovers",
     ),

@@ -112,10 +112,19 @@ def create_app(settings: Settings) -> faust.App:
     return build(settings)[0]
 
 
+def default_agent_modules(settings: Settings) -> tuple[str, ...]:
+    """The agent modules the stage runs: the derived worker unless it runs alone."""
+    if settings.process_derive:
+        return AGENT_MODULES
+    return tuple(m for m in AGENT_MODULES if m != "processors.derived")
+
+
 def build(
-    settings: Settings, agent_modules: tuple[str, ...] = AGENT_MODULES
+    settings: Settings, agent_modules: tuple[str, ...] | None = None
 ) -> tuple[faust.App, Router]:
     """Return the app and the router of its raw cleaner."""
+    if agent_modules is None:
+        agent_modules = default_agent_modules(settings)
     embedded = settings.broker_profile == "embedded"
     app_class = EmbeddedBrokerApp if embedded else faust.App
     app = app_class(f"{settings.topic_prefix}-process", **faust_options(settings))
@@ -162,7 +171,7 @@ async def run(
     settings: Settings,
     stop: asyncio.Event,
     on_ready: Callable[[faust.App, Router], None] | None = None,
-    agent_modules: tuple[str, ...] = AGENT_MODULES,
+    agent_modules: tuple[str, ...] | None = None,
 ) -> None:
     """Run the processing app until ``stop`` is set or the app stops itself.
 

@@ -18,8 +18,9 @@ from test_derived_real import derive, settings_with, truck_pushes, truck_raw, ut
 
 from fleetstream.codec import codec
 from fleetstream.kafka import ensure_topics, make_producer
-from processors.app import run
+from processors.app import default_agent_modules, run
 from processors.clean import Raw
+from processors.derived import DerivedWorker
 
 TRUCKS = {
     # name: (ignition on, ignition off) recorded by the platform
@@ -53,8 +54,15 @@ async def produce_raw(settings, records: list[Raw]) -> None:
         await producer.stop()
 
 
-async def test_stage_derives_the_trucks_trips_and_days_from_raw_pushes(make_settings):
-    settings = make_settings(trip_idle_close_seconds=2.0)
+@pytest.mark.parametrize(
+    "derive_apart", [False, True], ids=["in the process stage", "as its own stage"]
+)
+async def test_stage_derives_the_trucks_trips_and_days_from_raw_pushes(
+    make_settings, derive_apart
+):
+    settings = make_settings(
+        trip_idle_close_seconds=2.0, process_derive=not derive_apart
+    )
     await ensure_topics(settings)
     expected_trips, expected_days, events = {}, {}, []
     for name in TRUCKS:
@@ -68,7 +76,13 @@ async def test_stage_derives_the_trucks_trips_and_days_from_raw_pushes(make_sett
     await produce_raw(settings, events)
 
     stop = asyncio.Event()
-    stage = asyncio.create_task(run(settings, stop))
+    # Apart, the derived worker runs as `fleetstream derive` runs it, and the
+    # processing stage runs none of its own.
+    assert ("processors.derived" in default_agent_modules(settings)) != derive_apart
+    stages = [run(settings, stop)]
+    if derive_apart:
+        stages.append(DerivedWorker(settings).run(stop))
+    stage = asyncio.gather(*stages)
     try:
 
         async def done():
