@@ -24,6 +24,7 @@ import io
 import json
 import struct
 from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ MAGIC = b"\xc3\x01"
 HEADER_LEN = 10
 INT_RANGE = (-(2**31), 2**31 - 1)
 LONG_RANGE = (-(2**63), 2**63 - 1)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Zig-zag varints of the small integers that most int fields carry.
 SMALL_INTS = range(-(2**13), 2**13)
 
@@ -146,6 +148,22 @@ def _text_writer(cls: type) -> WriterFactory:
     return factory
 
 
+def _timestamp_millis_writer(null: bytes | None, tag: bytes) -> FieldWriter:
+    as_long = _integer_writer(LONG_RANGE)(null, tag)
+
+    def write(value: Any, epoch=EPOCH) -> bytes:
+        # An aware datetime becomes milliseconds as fastavro computes them; a
+        # naive one fastavro reads in the machine's zone, so it goes there.
+        if value.__class__ is datetime and value.tzinfo is not None:
+            delta = value - epoch
+            value = (delta.days * 86400 + delta.seconds) * 1000 + int(
+                delta.microseconds / 1000
+            )
+        return as_long(value)
+
+    return write
+
+
 # Each factory takes the union tag of null (None when the field is required)
 # and the tag written before a value, and returns the field's writer.
 WRITER_FACTORIES: dict[str, WriterFactory] = {
@@ -161,7 +179,9 @@ WRITER_FACTORIES: dict[str, WriterFactory] = {
 def _factory(schema: Any) -> WriterFactory | None:
     if isinstance(schema, dict):
         logical = schema.get("logicalType")
-        if logical is not None and logical != "timestamp-millis":
+        if logical == "timestamp-millis" and schema.get("type") == "long":
+            return _timestamp_millis_writer
+        if logical is not None:
             return None
         schema = schema.get("type")
     return WRITER_FACTORIES.get(schema) if isinstance(schema, str) else None

@@ -122,3 +122,33 @@ def test_a_clean_position_is_written_by_the_field_writers():
     assert position.header + body == position.encode_with_fastavro(record)
     assert position.encode(record) == position.header + body
     assert position.decode(position.encode(record))["direction_deg"] == 297
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        datetime(2026, 3, 2, 6, 0, 0, 999_999, tzinfo=UTC),
+        datetime(1969, 12, 31, 23, 59, 59, 999_500, tzinfo=UTC),
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+        datetime.fromisoformat("2026-03-02T09:00:00.123456+03:00"),
+        datetime.fromisoformat("2026-03-02T01:30:00.000001-05:30"),
+        datetime(2026, 3, 2, 6, 0),  # naive: fastavro's own reading of it
+    ],
+)
+def test_datetimes_are_written_as_fastavro_writes_them(moment):
+    position = codec("Position")
+    record = {f["name"]: f.get("default") for f in position.schema["fields"]}
+    record.update(
+        imei="860000000000011",
+        gps_time=moment,
+        lat=-1.3,
+        lng=36.8,
+        source="poll",
+        origin="jimi.device.track.list",
+        received_at=moment,
+    )
+    if moment.tzinfo is not None:
+        # The field writer takes it itself rather than handing it to fastavro.
+        dict(field_writers(position.schema))["gps_time"](moment)
+    assert position.encode(record) == position.encode_with_fastavro(record)
