@@ -11,12 +11,19 @@ record and field:
   it with pgpq into a binary ``COPY`` payload.
 
 A container block has no per-record boundaries, so a corrupt body could shift
-every record after it. The decoder therefore recomputes, from the decoded
-values, how many bytes each record's canonical encoding takes and compares it
-with the size of its message; one mismatch sends the batch through fastavro
-record by record, which isolates the bad message. Messages written with an
-older schema take that path too, since schema resolution needs fastavro, as do
-record types with nested fields (arrays, records), whose sizes are not checked.
+every record after it, and polars reads some bytes that fastavro refuses. The
+decoder therefore proves each record of a block from its decoded values: the
+bytes its canonical encoding takes equal its message's, every "int" fits in 32
+bits, and every union branch index is the byte fastavro reads as null or as the
+value. One failed proof sends the batch through fastavro record by record,
+which isolates the bad message; so both ways of reading keep and refuse the
+same records. Messages written with an older schema take that path too, since
+schema resolution needs fastavro, as do record types with nested fields
+(arrays, records), whose sizes are not recomputed.
+
+polars marks its Avro reader unstable; the version is pinned and the tests
+compare it with fastavro record by record. A reader panic on bad bytes prints
+Rust's panic message on stderr before the batch falls back.
 """
 
 from __future__ import annotations
