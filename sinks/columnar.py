@@ -14,8 +14,8 @@ A container block has no per-record boundaries, so a corrupt body could shift
 every record after it, and polars reads some bytes that fastavro refuses. The
 decoder therefore proves each record of a block from its decoded values: the
 bytes its canonical encoding takes equal its message's, every "int" fits in 32
-bits, and every union branch index is the byte fastavro reads as null or as the
-value. One failed proof sends the batch through fastavro record by record,
+bits, every union branch index is the byte fastavro reads as null or as the
+value, and every boolean is the byte 0 or 1. One failed proof sends the batch through fastavro record by record,
 which isolates the bad message; so both ways of reading keep and refuse the
 same records. Messages written with an older schema take that path too, since
 schema resolution needs fastavro, as do record types with nested fields
@@ -262,15 +262,16 @@ class FrameDecoder:
 
     def _block_checks(
         self, types: dict[str, tuple[str, str | None, bool]]
-    ) -> tuple[list[pl.Expr], list[pl.Expr], list[tuple[str, pl.Expr]]]:
+    ) -> tuple[list[pl.Expr], list[pl.Expr], list[tuple[str, int, pl.Expr]]]:
         """Return the checks a block's frame must pass, per row.
 
         The recomputed size of each record must equal its message's; every
         "int" must fit in 32 bits; every union branch index must be the byte
         that fastavro reads as null or as the value, at the offset where the
-        record's earlier fields end. Returned as the per-field sizes (computed
-        first, as columns), the range checks, and for each nullable field the
-        name of its offset's column and the byte expected there.
+        record's earlier fields end, and every boolean's byte its 0 or 1.
+        Returned as the per-field sizes (computed first, as columns), the range
+        checks, and the bytes to check: the size column of the field where the
+        byte is, how far into the field, and the byte expected there.
         """
         sizes = [
             size.alias(f"_fs_size_{k}")
@@ -281,8 +282,8 @@ class FrameDecoder:
             for name, (primitive, _, _) in types.items()
             if primitive == "int"
         ]
-        branches = []
-        for k, (name, (_, _, nullable)) in enumerate(types.items()):
+        bytes_at = []
+        for k, (name, (primitive, _, nullable)) in enumerate(types.items()):
             if nullable:
                 expected = (
                     pl.when(pl.col(name).is_null())
@@ -290,8 +291,14 @@ class FrameDecoder:
                     .otherwise(VALUE_BRANCH)
                     .cast(pl.UInt8)
                 )
-                branches.append((f"_fs_size_{k}", expected))
-        return sizes, ranges, branches
+                bytes_at.append((f"_fs_size_{k}", 0, expected))
+            if primitive == "boolean":
+                # fastavro reads any byte but 0 as true, polars only 1: a
+                # boolean's byte must be the 0 or 1 it was read as (no byte
+                # to check when null).
+                expected = pl.col(name).cast(pl.UInt8)
+                bytes_at.append((f"_fs_size_{k}", int(nullable), expected))
+        return sizes, ranges, bytes_at
 
     def decode(self, values: Sequence[bytes | None]) -> Decoded:
         current: list[int] = []
@@ -364,7 +371,7 @@ class FrameDecoder:
         )
 
     def _proven(self, frame: pl.DataFrame, bodies: list[bytes], data: bytes) -> bool:
-        sizes, ranges, branches = self._checks
+        sizes, ranges, bytes_at = self._checks
         lengths = pl.Series(LENGTH, [len(b) for b in bodies], dtype=pl.Int64)
         # The batch's bytes as a column of octets, without a copy.
         octets = pl.from_arrow(
@@ -382,8 +389,8 @@ class FrameDecoder:
         }
         checks = [pl.sum_horizontal(names) == pl.col(LENGTH), *ranges]
         checks.extend(
-            pl.lit(octets).gather(starts[size]) == expected
-            for size, expected in branches
+            (pl.lit(octets).gather(starts[size] + skip) == expected).fill_null(True)
+            for size, skip, expected in bytes_at
         )
         return measured.select(pl.all_horizontal(checks).all()).item()
 

@@ -183,6 +183,31 @@ def test_a_union_branch_fastavro_refuses_is_refused_in_a_block(branch):
     assert rows_of(decoded.frame) == expected_rows(records[:3] + records[4:])
 
 
+@pytest.mark.parametrize("byte", [b"\x02", b"\x03", b"\xff"])
+def test_a_boolean_byte_other_than_0_or_1_reads_as_fastavro_reads_it(byte):
+    encoder = codec("Position")
+    rng = random.Random(8)
+    records = [fix(i, rng) for i in range(5)]
+    records[2].update(acc_on=False, direction_deg=None)
+    values = [encoder.encode(r) for r in records]
+    # acc_on's value byte follows its branch index, after the fields before it.
+    first = {"type": "record", "name": "P", "fields": encoder.schema["fields"][:6]}
+    prefix = io.BytesIO()
+    fastavro.schemaless_writer(prefix, fastavro.parse_schema(first), records[2])
+    at = 10 + len(prefix.getvalue()) + 1
+    assert values[2][at - 1 : at + 1] == b"\x02\x00"
+    values[2] = values[2][:at] + byte + values[2][at + 1 :]
+    alone = io.BytesIO(values[2])
+    alone.seek(10)
+    read = fastavro.schemaless_reader(alone, encoder.schema, None)
+
+    decoded = decoder().decode(values)
+
+    assert decoded.failed == []
+    assert decoded.frame["acc_on"].to_list()[2] == read["acc_on"]
+    assert rows_of(decoded.frame)[:2] == expected_rows(records[:2])
+
+
 def test_instants_beyond_year_9999_read_alike_in_a_block_and_one_by_one():
     encoder = codec("Position")
     rng = random.Random(6)
