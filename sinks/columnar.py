@@ -15,11 +15,12 @@ every record after it, and polars reads some bytes that fastavro refuses. The
 decoder therefore proves each record of a block from its decoded values: the
 bytes its canonical encoding takes equal its message's, every "int" fits in 32
 bits, every union branch index is the byte fastavro reads as null or as the
-value, and every boolean is the byte 0 or 1. One failed proof sends the batch through fastavro record by record,
-which isolates the bad message; so both ways of reading keep and refuse the
-same records. Messages written with an older schema take that path too, since
-schema resolution needs fastavro, as do record types with nested fields
-(arrays, records), whose sizes are not recomputed.
+value, and every boolean is the byte 0 or 1. One failed proof sends the batch
+through fastavro record by record, which isolates the bad message; so both
+ways of reading keep and refuse the same records. Messages written with an
+older schema take that path too, since schema resolution needs fastavro, as do
+record types with nested fields (arrays, records), whose sizes are not
+recomputed.
 
 polars marks its Avro reader unstable; the version is pinned and the tests
 compare it with fastavro record by record. A reader panic on bad bytes prints
