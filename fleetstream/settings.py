@@ -112,9 +112,10 @@ class Settings(BaseSettings):
     # every fix within the horizon of the device's newest one, at most
     # fixes_per_device of them. The horizon covers a track poll's overlap plus
     # its interval, the oldest fix a track poll re-sends.
-    process_dedupe_devices: int = 20_000
-    process_dedupe_fixes_per_device: int = 1024
-    process_dedupe_horizon_seconds: float = 9000.0
+    # At least one of each: zero would silently keep every repeat.
+    process_dedupe_devices: int = Field(20_000, ge=1)
+    process_dedupe_fixes_per_device: int = Field(1024, ge=1)
+    process_dedupe_horizon_seconds: float = Field(9000.0, gt=0)
 
     # Derived facts: distance, trips, daily mileage (processors.derived)
     distance_pos_types: str = "GPS"

@@ -38,6 +38,7 @@ INT64 = (-(2**63), 2**63 - 1)
 # No record, registry dates included, carries a time outside these years.
 EPOCH_MS_RANGE = (-2_208_988_800_000, 7_258_118_400_000)  # 1900 to 2200 UTC
 NAIVE_EPOCH = datetime(1970, 1, 1)
+UTC_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ONE_MS = timedelta(milliseconds=1)
 
 POS_TYPE_BY_CODE = {1: "GPS", 2: "LBS", 3: "WIFI", 5: "BEACON"}
@@ -213,7 +214,7 @@ def pos_type(value: object) -> str:
             return "UNKNOWN"
     try:
         return POS_TYPE_BY_CODE.get(int(float(value)), "UNKNOWN")
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # 309 digits make inf
         return "UNKNOWN"
 
 
@@ -257,22 +258,29 @@ def _parse_datetime(value: str, field: str, zone: ZoneInfo) -> int:
         raise RejectedRecord(f"{field} is not a time: {value!r:.40}") from None
     if parsed.tzinfo is None:
         fixed = zone.utcoffset(None)
-        if fixed is not None and not parsed.microsecond:
-            # A zone without transitions (UTC) is one offset: plain arithmetic,
-            # the same milliseconds as below for whole seconds, without the
-            # zone lookups. Fractions keep the float path and its rounding.
+        if fixed is not None:
+            # A zone without transitions (UTC) is one offset: the same
+            # milliseconds as below without the zone lookups.
             try:
                 return (parsed - fixed - NAIVE_EPOCH) // ONE_MS
             except OverflowError:
                 pass
         parsed = parsed.replace(tzinfo=zone)
     try:
-        return int(parsed.timestamp() * 1000)
+        # Exact: a float of seconds times 1000 can land one millisecond short
+        # (2004-01-14 00:00:01.597 gave .596), and the same fix pushed as
+        # epoch milliseconds would then count as a second fix.
+        return (parsed - UTC_EPOCH) // ONE_MS
     except (OverflowError, ValueError):
         # Year 1 or 9999 moved by its offset leaves the calendar.
         raise RejectedRecord(
             f"{field} is out of range: {value!r:.40}, allowed years 1900..2199"
         ) from None
+
+
+def epoch_ms_of(moment: datetime) -> int:
+    """Return the epoch milliseconds of an aware datetime, exactly."""
+    return (moment - UTC_EPOCH) // ONE_MS
 
 
 def iso(ms: int) -> str:

@@ -70,9 +70,12 @@ def test_number_text_reads_as_the_ascii_pattern_says(text):
     assert read(text) == full_rule_number(text)
 
 
-def float_path_ms(text: str, zone: ZoneInfo) -> int:
+def zone_rule_ms(text: str, zone: ZoneInfo) -> int:
+    """The whole milliseconds since the epoch, by the zone's rules, floored."""
     parsed = datetime.fromisoformat(text).replace(tzinfo=zone)
-    return int(parsed.timestamp() * 1000)
+    return (parsed - datetime(1970, 1, 1, tzinfo=ZoneInfo("UTC"))) // timedelta(
+        milliseconds=1
+    )
 
 
 @pytest.mark.parametrize("zone", ["UTC", "Etc/GMT-3", "Etc/GMT+11", "Africa/Nairobi"])
@@ -86,8 +89,8 @@ def test_zone_less_times_give_the_milliseconds_of_the_zone_rules(zone):
         text = moment.isoformat(sep=" ")
         fraction = f"{text}.{rng.randrange(1, 999_999):06d}"
 
-        assert f.epoch_ms(text, "gpsTime", tz) == float_path_ms(text, tz)
-        assert f.epoch_ms(fraction, "gpsTime", tz) == float_path_ms(fraction, tz)
+        assert f.epoch_ms(text, "gpsTime", tz) == zone_rule_ms(text, tz)
+        assert f.epoch_ms(fraction, "gpsTime", tz) == zone_rule_ms(fraction, tz)
 
 
 def test_times_past_the_calendar_are_rejected_in_a_fixed_zone():
@@ -144,3 +147,25 @@ def test_fixes_in_order_or_not_are_remembered_by_the_rule(horizon_ms):
 
         assert memory.seen(imei, t) == rule.seen(imei, t), step
         assert memory.held(imei) == len(rule.times.get(imei, ())), step
+
+
+def test_a_pos_type_too_long_for_a_float_is_unknown():
+    assert f.pos_type("9" * 400) == "UNKNOWN"
+
+
+@pytest.mark.parametrize(
+    ("text", "millis"),
+    [
+        ("2004-01-14 00:00:01.597", 1_074_038_401_597),
+        ("2004-01-14T00:00:01.597Z", 1_074_038_401_597),
+        ("2038-01-19 03:14:08.001", 2_147_483_648_001),
+    ],
+)
+def test_millisecond_times_are_exact(text, millis):
+    for zone in (ZoneInfo("UTC"), ZoneInfo("Europe/Berlin")):
+        expected = millis if "Z" in text or zone.key == "UTC" else None
+        got = f.epoch_ms(text, "gpsTime", zone)
+        if expected is not None:
+            assert got == expected
+        # Whatever the zone, the fraction survives to the millisecond.
+        assert got % 1000 == millis % 1000

@@ -312,3 +312,31 @@ def test_real_track_list_from_the_field():
         (60.0, 317, "GPS"),
     ]
     assert cleaned[1]["gps_time"] - cleaned[0]["gps_time"] == 10_000
+
+
+def test_a_payload_with_an_escaped_lone_surrogate_is_cleaned():
+    # A device name cut inside an emoji: valid JSON text that orjson refuses.
+    payload = json.dumps({**BASE, "deviceName": "Truck \ud83d"})
+    assert "\\ud83d" in payload
+    event = {
+        "source": "poll",
+        "origin": "jimi.device.location.get",
+        "received_at": RECEIVED,
+        "imei": None,
+        "payload": payload,
+    }
+    record = clean_position(Raw.from_event(event), UTC_CTX)
+    assert (record["imei"], record["gps_time"]) == (BASE["imei"], T_0512)
+
+
+def test_received_at_as_a_datetime_keeps_its_millisecond():
+    from datetime import UTC, datetime
+
+    event = {
+        "source": "push",
+        "origin": "/pushgps",
+        "received_at": datetime(2004, 1, 14, 0, 0, 1, 597_000, tzinfo=UTC),
+        "imei": None,
+        "payload": "{}",
+    }
+    assert Raw.from_event(event).received_at == 1_074_038_401_597
