@@ -351,8 +351,8 @@ def _json_object(value: object, field: str) -> dict:
     if not isinstance(value, str | bytes):
         raise RejectedRecord(f"{field} is not JSON")
     try:
-        # orjson, like the payload reader: integers past 64 bits and NaN are not
-        # JSON numbers the platform sends, so they are refused here too.
+        # orjson, like the payload reader. It refuses NaN; an integer past 64
+        # bits it reads as a float, losing the digits a double cannot hold.
         parsed = orjson.loads(value)
     except orjson.JSONDecodeError:
         raise RejectedRecord(f"{field} is not JSON") from None
