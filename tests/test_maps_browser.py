@@ -75,8 +75,19 @@ def chromium() -> str:
     return path
 
 
+def browser_profile() -> tempfile.TemporaryDirectory:
+    """A fresh Chromium profile folder.
+
+    Chromium's helper processes can still be writing into it for a moment after
+    the browser exits; a folder left in /tmp then is not the test's failure.
+    """
+    return tempfile.TemporaryDirectory(
+        prefix="fs-chromium-", ignore_cleanup_errors=True
+    )
+
+
 def dump_dom(url: str) -> Elements:
-    with tempfile.TemporaryDirectory(prefix="fs-chromium-") as profile:
+    with browser_profile() as profile:
         done = subprocess.run(
             [
                 chromium(),
@@ -315,13 +326,14 @@ async def test_live_map_moves_a_marker_in_place_when_its_fix_changes(api_url, se
     # One page stays open, in real time, so its own polling has to move the
     # marker; the dumps above load the page afresh each time.
     marker = "document.querySelector('.vehicle[data-imei=\"860000000000011\"]')"
-    with tempfile.TemporaryDirectory(prefix="fs-chromium-") as profile:
+    with browser_profile() as profile:
         flags = [f for f in CHROMIUM_FLAGS if not f.startswith("--virtual-time")]
         browser = subprocess.Popen(
             [chromium(), *flags, f"--user-data-dir={profile}",
              "--remote-debugging-port=0", f"{api_url}/map/live"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )  # fmt: skip
         try:
             port_file = Path(profile) / "DevToolsActivePort"
@@ -353,7 +365,8 @@ async def test_live_map_moves_a_marker_in_place_when_its_fix_changes(api_url, se
                         socket, "document.querySelectorAll('.vehicle').length"
                     )
         finally:
-            browser.terminate()
+            # The browser and its helper processes, so none outlives the test.
+            os.killpg(browser.pid, signal.SIGTERM)
             browser.wait(20)
 
     assert moved == "moved"
