@@ -74,7 +74,8 @@ LEFT_TO_FASTAVRO = (
 )
 
 
-def _zigzag(n: int) -> bytes:
+def zigzag_long(n: int) -> bytes:
+    """Avro's binary encoding of a long: a zigzag varint."""
     n = (n << 1) ^ (n >> 63)
     out = bytearray()
     while n > 0x7F:
@@ -84,7 +85,7 @@ def _zigzag(n: int) -> bytes:
     return bytes(out)
 
 
-SMALL_VARINTS = {n: _zigzag(n) for n in SMALL_INTS}
+SMALL_VARINTS = {n: zigzag_long(n) for n in SMALL_INTS}
 PACK_DOUBLE = struct.Struct("<d").pack
 
 
@@ -97,7 +98,7 @@ def _integer_writer(bounds: tuple[int, int]) -> WriterFactory:
                 return null
             if value.__class__ is not int or not low <= value <= high:
                 raise NotPlain
-            return tag + (small.get(value) or _zigzag(value))
+            return tag + (small.get(value) or zigzag_long(value))
 
         return write
 
@@ -141,7 +142,7 @@ def _text_writer(cls: type) -> WriterFactory:
             if value.__class__ is not cls:
                 raise NotPlain
             data = value.encode() if as_bytes else value
-            return tag + (small.get(len(data)) or _zigzag(len(data))) + data
+            return tag + (small.get(len(data)) or zigzag_long(len(data))) + data
 
         return write
 

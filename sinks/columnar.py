@@ -44,7 +44,7 @@ from fastavro.write import Writer
 from pgpq import encoders as pg_encoders
 from pgpq import schema as pg_schema
 
-from fleetstream.codec import HEADER_LEN, MAGIC, Codec
+from fleetstream.codec import HEADER_LEN, MAGIC, Codec, zigzag_long
 from fleetstream.errors import ConfigError, ContractError
 
 logger = logging.getLogger(__name__)
@@ -165,17 +165,6 @@ def _container_header(schema: dict[str, Any], sync: bytes) -> bytes:
     buf = io.BytesIO()
     Writer(buf, parse_schema(bare(schema)), codec="null", sync_marker=sync).flush()
     return buf.getvalue()
-
-
-def _long(value: int) -> bytes:
-    """Avro's zigzag varint encoding of a non-negative ``value``."""
-    value <<= 1
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 @dataclass
@@ -341,7 +330,13 @@ class FrameDecoder:
         bodies = [values[i][HEADER_LEN:] for i in positions]  # type: ignore[index]
         data = b"".join(bodies)
         block = b"".join(
-            (self._header, _long(len(bodies)), _long(len(data)), data, self._sync)
+            (
+                self._header,
+                zigzag_long(len(bodies)),
+                zigzag_long(len(data)),
+                data,
+                self._sync,
+            )
         )
         try:
             frame = pl.read_avro(io.BytesIO(block))

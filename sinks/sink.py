@@ -296,28 +296,20 @@ class Sink:
         dead: list[tuple[ConsumerRecord, str]],
         stop: asyncio.Event,
     ) -> None:
+        # Held for the whole batch, so a revocation waits for its commit.
         async with self._batch_lock:
-            await self._store(batch, ends, began, rows, dead, stop)
+            changed, rejected = await self._retrying(
+                stop, "database", self._write, rows
+            )
+            dead.extend((batch[r.index], r.reason) for r in rejected)
+            if self.after_db_commit is not None:
+                await self.after_db_commit()
+            if dead:
+                await self._retrying(stop, "dead-letter topic", self._send_dead, dead)
 
-    async def _store(
-        self,
-        batch: list[ConsumerRecord],
-        ends: dict[TopicPartition, int],
-        began: float,
-        rows: pl.DataFrame,
-        dead: list[tuple[ConsumerRecord, str]],
-        stop: asyncio.Event,
-    ) -> None:
-        changed, rejected = await self._retrying(stop, "database", self._write, rows)
-        dead.extend((batch[r.index], r.reason) for r in rejected)
-        if self.after_db_commit is not None:
-            await self.after_db_commit()
-        if dead:
-            await self._retrying(stop, "dead-letter topic", self._send_dead, dead)
-
-        self._pending.update(ends)
-        await self._retrying(stop, "group coordinator", self._commit_pending)
-        self.stats.observe_batch(len(batch), changed, len(dead), began)
+            self._pending.update(ends)
+            await self._retrying(stop, "group coordinator", self._commit_pending)
+            self.stats.observe_batch(len(batch), changed, len(dead), began)
 
     async def _decode(
         self, batch: list[ConsumerRecord]
