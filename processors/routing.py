@@ -24,6 +24,7 @@ from processors import clean
 from processors import fields as f
 from processors.clean import CleanContext, Raw
 from processors.dedupe import RecentFixes
+from processors.envelope import EnvelopeReader
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ class Router:
         # Dead letters of every stage read back from the dead-letter topic.
         self.dead_letters_seen: Counter[str] = Counter()
         self._raw_codec = codec("RawEvent")
+        self._envelope = EnvelopeReader(self._raw_codec)
         self._dead_codec = codec(DEADLETTER_TOPIC.schema)
         self._dead_topic = DEADLETTER_TOPIC.name(settings)
         self._kind_by_raw_topic = {
@@ -187,11 +189,11 @@ class Router:
             raise RejectedRecord(f"no cleaning rule for topic {topic}")
         if value is None:
             raise RejectedRecord("message has no value (tombstone)")
-        event = self._raw_codec.decode(value)
         if kind == UNKNOWN_ORIGIN_KIND:
+            event = self._raw_codec.decode(value)
             self.no_cleaner += 1
             raise RejectedRecord(f"no cleaner for origin {event['origin']:.80}")
-        return Raw.from_event(event)
+        return self._envelope.read(value)
 
     def _clean_raw(self, topic: str, raw: Raw) -> Cleaned | None:
         kind = self._kind_by_raw_topic[topic]
