@@ -225,11 +225,11 @@ class TimedSink(Sink):
         finally:
             self._add("decode", time.perf_counter() - started)
 
-    async def _write(self, rows):
+    async def _write(self, rows, wait_flush=True):
         started = time.perf_counter()
         tables_before = self._tables_seconds()
         try:
-            return await super()._write(rows)
+            return await super()._write(rows, wait_flush)
         finally:
             took = time.perf_counter() - started
             tables = self._tables_seconds() - tables_before

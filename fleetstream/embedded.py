@@ -18,7 +18,7 @@ import socket
 import subprocess
 import time
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -141,6 +141,8 @@ class EmbeddedPostgres:
 
     data_dir: Path
     port: int
+    # Extra server settings, e.g. {"wal_writer_delay": "10s"}.
+    server_settings: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -176,6 +178,8 @@ class EmbeddedPostgres:
             f"-h 127.0.0.1 -p {self.port} -k {self.data_dir} "
             "-c max_connections=200 -c shared_buffers=256MB"
         )
+        for name, value in self.server_settings.items():
+            options += f" -c {name}={value}"
         result = self._run(
             "pg_ctl",
             "-D",
@@ -195,6 +199,11 @@ class EmbeddedPostgres:
             raise RuntimeError(f"embedded PostgreSQL did not start:\n{log}")
         logger.info("embedded PostgreSQL listening on 127.0.0.1:%d", self.port)
         return self
+
+    def crash(self) -> None:
+        """Stop the server as a crash would: no checkpoint, and WAL not yet
+        flushed from its buffers is lost (recovered at the next start)."""
+        self._run("pg_ctl", "-D", str(self.data_dir), "-m", "immediate", "-w", "stop")
 
     def stop(self) -> None:
         result = self._run(

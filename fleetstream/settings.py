@@ -137,6 +137,11 @@ class Settings(BaseSettings):
     # less of PostgreSQL's time on commits (bench/bench_sink.py --batch).
     sink_batch_max_records: int = 20000
     sink_batch_max_wait_ms: int = 200
+    # While another batch is already waiting, commit without waiting for the
+    # WAL flush (synchronous_commit off) and commit the batch's offsets only
+    # once PostgreSQL reports its WAL flushed. Switch off where a commit must
+    # also wait for synchronous standbys (synchronous_standby_names).
+    sink_async_commit: bool = True
 
     # API
     api_host: str = "0.0.0.0"

@@ -6,6 +6,16 @@ transaction, and only then are its offsets committed, partition by partition. A
 crash between the two re-reads the batch, and the tables' natural keys make the
 rewrite change nothing.
 
+Under a backlog (a batch closed by the record limit, so more are coming), the
+transaction commits without waiting for its WAL to reach disk
+(``synchronous_commit`` off for that transaction), and the batch's offsets wait
+until PostgreSQL reports its WAL flushed past the commit: a crash of the server
+can lose such a batch, but never one whose offsets were committed. A batch
+closed by the wait commits synchronously, which flushes every earlier one too;
+while idle, the sink polls the flush position. If the connection fails while
+batches await their flush, the sink rewinds its partitions to the committed
+offsets and reads them again. ``sink_async_commit=False`` waits for every flush.
+
 Records that cannot be decoded, and rows PostgreSQL rejects, go to the
 dead-letter topic with their origin and the reason before the batch's offsets
 are committed; the rest of the batch is written. Any other failure of the
@@ -88,10 +98,23 @@ TRANSIENT = (
 DB_COMMAND_TIMEOUT_SECONDS = 60.0
 # Batches read and decoded ahead of the one being written.
 READ_AHEAD = 1
-# Records taken from the consumer, or decoded, between two turns of the event
-# loop. Smaller steps let the batch being written resume sooner but cost more in
-# per-step overhead than they gain (measured with bench/bench_sink.py).
-FETCH_STEP_RECORDS = 20000
+# Records taken from the consumer between two turns of the event loop: building
+# them holds the loop, and the batch being written waits for its replies from
+# PostgreSQL meanwhile (1,000 measured faster than 5,000 and 20,000 in
+# bench/bench_sink.py). Decoding runs in a thread, a batch at a time.
+FETCH_STEP_RECORDS = 1000
+DECODE_STEP_RECORDS = 20000
+# Where the WAL is written up to, and flushed up to, as byte positions.
+WAL_POSITIONS = """
+SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::int8,
+       pg_wal_lsn_diff(pg_current_wal_flush_lsn(), '0/0')::int8
+"""
+WAL_FLUSHED = "SELECT pg_wal_lsn_diff(pg_current_wal_flush_lsn(), '0/0')::int8"
+# While batches await their WAL flush and none arrives, how often to look.
+FLUSH_POLL_SECONDS = 0.1
+# How long a stopping sink waits for the last batches' flush before it leaves
+# their offsets uncommitted (to be rewritten, without duplicates, on restart).
+FLUSH_WAIT_AT_STOP_SECONDS = 2.0
 REASON_MAX_CHARS = 1000
 
 
@@ -115,6 +138,10 @@ def permanent_error(exc: BaseException, *, starting: bool = True) -> ConfigError
 
 class Stopping(Exception):
     """The stop event was set while the sink waited to retry."""
+
+
+class Rewind(Exception):
+    """The connection failed while written batches awaited their WAL flush."""
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -175,8 +202,12 @@ class Sink:
         self._conn: asyncpg.Connection | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
-        # Next offsets whose records are in the database but not yet committed.
+        # Next offsets whose records are durably in the database but whose
+        # offsets are not committed yet.
         self._pending: dict[TopicPartition, int] = {}
+        # Batches committed without waiting for the WAL flush, in commit order:
+        # the WAL position after each commit and its next offsets.
+        self._unflushed: list[tuple[int, dict[TopicPartition, int]]] = []
         self._batch_lock = asyncio.Lock()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -205,6 +236,17 @@ class Sink:
             logger.info("stopped %s", self.stats.summary())
 
     async def _consume(self, stop: asyncio.Event) -> None:
+        """Write batches until stopped, rewinding when unflushed ones are lost."""
+        while True:
+            try:
+                await self._write_batches(stop)
+            except Rewind:
+                await self._rewind(stop)
+                continue
+            await self._flush_at_stop()
+            return
+
+    async def _write_batches(self, stop: asyncio.Event) -> None:
         """Write batches in order while the next ones are read and decoded.
 
         A reader task fetches and decodes up to ``READ_AHEAD`` batches ahead of
@@ -217,7 +259,7 @@ class Sink:
         next_report = time.monotonic() + self.stats_interval_seconds
         try:
             while True:
-                item = await ready.get()
+                item = await self._next_batch(ready, stop)
                 if isinstance(item, BaseException):
                     raise item
                 if item is None:
@@ -239,14 +281,30 @@ class Sink:
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
 
+    async def _next_batch(self, ready: asyncio.Queue, stop: asyncio.Event) -> Any:
+        """Return the next item of ``ready``; meanwhile settle flushed batches."""
+        while self._unflushed and ready.empty():
+            try:
+                return await asyncio.wait_for(ready.get(), FLUSH_POLL_SECONDS)
+            except TimeoutError:
+                async with self._batch_lock:
+                    await self._retrying(stop, "database", self._settle_flushed)
+                    await self._retrying(
+                        stop, "group coordinator", self._commit_pending
+                    )
+        return await ready.get()
+
     async def _read(self, ready: asyncio.Queue, stop: asyncio.Event) -> None:
         """Put decoded batches on ``ready`` until stopped, then None."""
+        limit = self.settings.sink_batch_max_records
         try:
             while not stop.is_set():
                 batch, ends, began = await self._collect(stop)
                 if batch:
                     rows, dead = await self._decode(batch)
-                    await ready.put((batch, ends, began, rows, dead))
+                    # Closed by the record limit: more records are waiting.
+                    backlog = len(batch) >= limit
+                    await ready.put((batch, ends, began, rows, dead, backlog))
         except Exception as exc:  # noqa: BLE001 - handed to the writing loop
             await ready.put(exc)
             return
@@ -294,12 +352,14 @@ class Sink:
         began: float,
         rows: pl.DataFrame,
         dead: list[tuple[ConsumerRecord, str]],
+        backlog: bool,
         stop: asyncio.Event,
     ) -> None:
         # Held for the whole batch, so a revocation waits for its commit.
         async with self._batch_lock:
-            changed, rejected = await self._retrying(
-                stop, "database", self._write, rows
+            wait_flush = not (backlog and self.settings.sink_async_commit)
+            changed, rejected, wal = await self._retrying(
+                stop, "database", self._write, rows, wait_flush
             )
             dead.extend((batch[r.index], r.reason) for r in rejected)
             if self.after_db_commit is not None:
@@ -307,7 +367,9 @@ class Sink:
             if dead:
                 await self._retrying(stop, "dead-letter topic", self._send_dead, dead)
 
-            self._pending.update(ends)
+            inserted, flushed = wal
+            self._unflushed.append((inserted, ends))
+            self._promote(flushed)
             await self._retrying(stop, "group coordinator", self._commit_pending)
             self.stats.observe_batch(len(batch), changed, len(dead), began)
 
@@ -317,21 +379,22 @@ class Sink:
         """Return the batch's rows (``INDEX`` names each row's record) and the
         records that could not be decoded, with the reason.
 
-        Decoded in steps with a turn of the event loop between them, so that
-        the batch being written is never kept waiting long.
+        Decoded in a worker thread: polars reads without holding the GIL, so
+        the event loop keeps serving the batch being written meanwhile.
         """
         frames = []
         dead: list[tuple[ConsumerRecord, str]] = []
-        for first in range(0, len(batch), FETCH_STEP_RECORDS):
-            part = batch[first : first + FETCH_STEP_RECORDS]
-            decoded = self._decoder.decode([record.value for record in part])
+        for first in range(0, len(batch), DECODE_STEP_RECORDS):
+            part = batch[first : first + DECODE_STEP_RECORDS]
+            decoded = await asyncio.to_thread(
+                self._decoder.decode, [record.value for record in part]
+            )
             dead.extend((part[i], reason) for i, reason in decoded.failed)
             frames.append(
                 decoded.frame.select(self._projection).with_columns(
                     pl.col(INDEX) + first
                 )
             )
-            await asyncio.sleep(0)
         return pl.concat(frames, rechunk=False), dead
 
     async def _database_ready(self, stop: asyncio.Event) -> bool:
@@ -416,6 +479,8 @@ class Sink:
 
     async def _connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
+            # The session that wrote them is gone, perhaps with its server.
+            self._check_unflushed()
             conn = await asyncpg.connect(
                 self.settings.database_url,
                 command_timeout=DB_COMMAND_TIMEOUT_SECONDS,
@@ -432,17 +497,102 @@ class Sink:
             self._conn = conn
         return self._conn
 
-    async def _write(self, rows: pl.DataFrame) -> tuple[dict[str, int], list]:
-        if not rows.height:
-            return {}, []
+    async def _write(
+        self, rows: pl.DataFrame, wait_flush: bool = True
+    ) -> tuple[dict[str, int], list, tuple[int, int]]:
+        """Write ``rows``; return rows changed per table, rejected rows, and the
+        WAL's insert and flush positions after the commit.
+
+        The positions are read even after a synchronous commit: one that wrote
+        no WAL (every row already stored) flushes nothing.
+
+        Raises ``Rewind`` instead of the failure when earlier batches still
+        await their flush: the server may have lost them.
+        """
         conn = await self._connection()
         try:
-            return await self._writer.write(conn, rows)
+            changed, rejected = {}, []
+            if rows.height:
+                changed, rejected = await self._writer.write(
+                    conn, rows, wait_flush=wait_flush
+                )
+            inserted, flushed = await conn.fetchrow(WAL_POSITIONS)
+            return changed, rejected, (inserted, flushed)
         except BaseException:
             # The session's state is unknown after a failed write: start afresh.
             self._conn = None
             conn.terminate()
+            self._check_unflushed()
             raise
+
+    def _check_unflushed(self) -> None:
+        if self._unflushed:
+            lost = len(self._unflushed)
+            self._unflushed.clear()
+            raise Rewind(f"{lost} batches awaited their WAL flush")
+
+    def _promote(self, flushed: int) -> None:
+        """Make the batches whose WAL is flushed up to ``flushed`` pending."""
+        while self._unflushed and self._unflushed[0][0] <= flushed:
+            self._pending.update(self._unflushed.pop(0)[1])
+
+    async def _settle_flushed(self) -> None:
+        conn = await self._connection()
+        try:
+            flushed = await conn.fetchval(WAL_FLUSHED)
+        except BaseException:
+            if self._conn is not None:
+                self._conn.terminate()
+                self._conn = None
+            self._check_unflushed()
+            raise
+        self._promote(flushed)
+
+    async def _rewind(self, stop: asyncio.Event) -> None:
+        """Read again every record whose offsets are not committed.
+
+        Batches written without waiting for their flush may be gone with the
+        server that lost the connection. Whatever was flushed is committed
+        first; each assigned partition then goes back to its committed offset
+        (its first record without one).
+        """
+        self.stats.rewinds += 1
+        async with self._batch_lock:
+            await self._retrying(stop, "group coordinator", self._commit_pending)
+            consumer = self._consumer
+            assigned = consumer.assignment()
+            for tp in assigned:
+                offset = await self._retrying(
+                    stop, "group coordinator", consumer.committed, tp
+                )
+                if offset is None:
+                    await consumer.seek_to_beginning(tp)
+                else:
+                    consumer.seek(tp, offset)
+        logger.warning(
+            "sink %s: database connection lost while batches awaited their WAL "
+            "flush; partitions %s rewound to their committed offsets",
+            self.spec.kind,
+            sorted(tp.partition for tp in assigned),
+        )
+
+    async def _flush_at_stop(self) -> None:
+        """Commit the offsets of the last batches once their WAL is flushed."""
+        deadline = time.monotonic() + FLUSH_WAIT_AT_STOP_SECONDS
+        async with self._batch_lock:
+            try:
+                while self._unflushed and time.monotonic() < deadline:
+                    await self._settle_flushed()
+                    if self._unflushed:
+                        await asyncio.sleep(FLUSH_POLL_SECONDS)
+                await self._commit_pending()
+            except (*TRANSIENT, Rewind) as exc:
+                logger.info(
+                    "sink %s: last offsets not committed at stop (%s); their "
+                    "records will be rewritten, without duplicates",
+                    self.spec.kind,
+                    type(exc).__name__,
+                )
 
     async def _send_dead(self, dead: list[tuple[ConsumerRecord, str]]) -> None:
         failed_at = datetime.now(UTC)
@@ -515,6 +665,15 @@ class Sink:
         else:
             held = True
         try:
+            conn = self._conn
+            if held and self._unflushed and conn is not None and not conn.is_closed():
+                with contextlib.suppress(*TRANSIENT):
+                    self._promote(await conn.fetchval(WAL_FLUSHED))
+            if self._unflushed:
+                # The next owner rewrites what is still unflushed.
+                for _, ends in self._unflushed:
+                    for tp in revoked:
+                        ends.pop(tp, None)
             offsets = {tp: o for tp, o in self._pending.items() if tp in revoked}
             if offsets:
                 try:

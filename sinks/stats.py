@@ -22,6 +22,9 @@ class SinkStats:
     batches: int = 0
     dead_letters: int = 0
     retries: int = 0
+    # Times the sink went back to its committed offsets after losing batches
+    # that awaited their WAL flush.
+    rewinds: int = 0
     assignments: int = 0
     batch_seconds_total: float = 0.0
     batch_seconds_max: float = 0.0
@@ -59,6 +62,6 @@ class SinkStats:
         return (
             f"sink {self.kind}: {self.records} records, {self.rows_written} rows "
             f"written, {self.batches} batches (mean {mean_ms:.1f} ms, max "
-            f"{max_ms:.1f} ms), {self.retries} retries, {self.dead_letters} "
-            "dead letters"
+            f"{max_ms:.1f} ms), {self.retries} retries, {self.rewinds} rewinds, "
+            f"{self.dead_letters} dead letters"
         )

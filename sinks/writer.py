@@ -51,6 +51,8 @@ ROW_ERRORS = (
     OutOfRange,
 )
 
+NO_FLUSH_WAIT = "SET LOCAL synchronous_commit TO off"
+
 COLUMN_TYPES = """
 SELECT a.attname, format_type(a.atttypid, a.atttypmod)
 FROM pg_attribute a
@@ -242,11 +244,14 @@ class BatchWriter:
         )
 
     async def write(
-        self, conn: asyncpg.Connection, rows: pl.DataFrame
+        self, conn: asyncpg.Connection, rows: pl.DataFrame, *, wait_flush: bool = True
     ) -> tuple[dict[str, int], list[Rejected]]:
         """Write ``rows`` in one transaction; return rows changed per table, rejects.
 
         A rejected row is named by its ``INDEX``, its position in the batch.
+        Without ``wait_flush`` the commit returns before its WAL is flushed
+        (``synchronous_commit`` off for this transaction only): the rows are
+        visible but a crash of the server can still lose them.
 
         Errors other than a row's data (connection lost, permission, missing
         table) propagate and leave nothing written.
@@ -256,6 +261,8 @@ class BatchWriter:
         self._stage.dirty = False
         try:
             async with conn.transaction():
+                if not wait_flush:
+                    await conn.execute(NO_FLUSH_WAIT)
                 changed = {
                     p.target.table: await p.write(conn, rows, guarded=False)
                     for p in self._plans
@@ -267,6 +274,8 @@ class BatchWriter:
         changed = dict.fromkeys((t.table for t in self.spec.targets), 0)
         self._stage.dirty = False
         async with conn.transaction():
+            if not wait_flush:
+                await conn.execute(NO_FLUSH_WAIT)
             await self._write_isolating(conn, rows, changed, rejected)
         return changed, rejected
 
