@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
 import urllib.parse
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from fleetstream.codec import codec
 from fleetstream.kafka import ensure_topics, make_consumer, make_producer
-from processors.app import run
+from processors.app import GC_YOUNG_THRESHOLD, _BatchCollector, run
 
 RECEIVED_AT = 1741590000000  # 2025-03-10T07:00:00Z, after every sample fix
 
@@ -402,3 +403,17 @@ async def test_platform_samples_end_to_end(make_settings):
     assert all("(0,0)" in d["reason"] for d in dead)
     positions = [codec("Position").decode(r.value) for r in got["clean.position"]]
     assert len({(p["imei"], p["gps_time"]) for p in positions}) == 8
+
+
+def test_collector_settings_come_back_when_the_last_processor_stops():
+    collector = _BatchCollector()
+    before = gc.get_threshold()
+
+    with collector.running():
+        with collector.running():
+            assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD
+            assert gc.get_freeze_count() > 0
+        assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD
+
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
