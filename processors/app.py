@@ -13,9 +13,10 @@ module named in ``AGENT_MODULES`` that exists exposes ``register(app, settings)`
 Delivery is at-least-once (see ``processors.batch``): offsets are committed
 only for records whose output the broker has acknowledged.
 
-Values travel as raw bytes and are decoded with ``fleetstream.codec`` inside
-the router, so an undecodable record is dead-lettered like any other unusable
-record instead of crashing the worker.
+Values travel as raw bytes and are decoded inside the router
+(``processors.envelope``, which leaves anything unusual to ``fleetstream.codec``),
+so an undecodable record is dead-lettered like any other unusable record
+instead of crashing the worker.
 """
 
 from __future__ import annotations

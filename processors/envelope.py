@@ -1,9 +1,9 @@
 """Reading ``RawEvent`` envelopes straight from their bytes.
 
-fastavro spends about 3 µs on the setup of each call and then builds a dict and
-a datetime that the processor turns back into a ``Raw`` and epoch milliseconds.
+fastavro takes about 3.5 µs per raw position here, and builds a dict and a
+datetime that the processor turns back into a ``Raw`` and epoch milliseconds.
 ``EnvelopeReader`` reads a message written with the current ``RawEvent`` schema
-field by field instead, about twice as fast. It only reads what fastavro would
+field by field instead, in about 1.5 µs. It only reads what fastavro would
 read to the same values: any other message (an older writer schema, a union
 branch or length it does not expect, text that is not UTF-8, a time outside
 the years datetime holds, bytes left over or missing) is handed to the codec
