@@ -225,7 +225,7 @@ class TimedSink(Sink):
         finally:
             self._add("decode", time.perf_counter() - started)
 
-    async def _write(self, rows, wait_flush=True):
+    async def _write(self, rows, wait_flush=None):
         started = time.perf_counter()
         tables_before = self._tables_seconds()
         try:

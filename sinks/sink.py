@@ -7,14 +7,14 @@ crash between the two re-reads the batch, and the tables' natural keys make the
 rewrite change nothing.
 
 Under a backlog (a batch closed by the record limit, so more are coming), the
-transaction commits without waiting for its WAL to reach disk
-(``synchronous_commit`` off for that transaction), and the batch's offsets wait
-until PostgreSQL reports its WAL flushed past the commit: a crash of the server
-can lose such a batch, but never one whose offsets were committed. A batch
-closed by the wait commits synchronously, which flushes every earlier one too;
-while idle, the sink polls the flush position. If the connection fails while
-batches await their flush, the sink rewinds its partitions to the committed
-offsets and reads them again. ``sink_async_commit=False`` waits for every flush.
+transaction commits without waiting for its WAL to reach disk (the session runs
+with ``synchronous_commit`` off), and the batch's offsets wait until PostgreSQL
+reports its WAL flushed past the commit: a crash of the server can lose such a
+batch, but never one whose offsets were committed. A batch closed by the wait
+turns it on for its own transaction, which flushes every earlier one too; while
+idle, the sink polls the flush position. If the connection fails while batches
+await their flush, the sink rewinds its partitions to the committed offsets and
+reads them again. ``sink_async_commit=False`` waits for every flush.
 
 Records that cannot be decoded, and rows PostgreSQL rejects, go to the
 dead-letter topic with their origin and the reason before the batch's offsets
@@ -357,7 +357,11 @@ class Sink:
     ) -> None:
         # Held for the whole batch, so a revocation waits for its commit.
         async with self._batch_lock:
-            wait_flush = not (backlog and self.settings.sink_async_commit)
+            # With async commits the session does not wait for the flush; a
+            # batch that closed on the wait does, so that its offsets follow.
+            wait_flush = (
+                True if self.settings.sink_async_commit and not backlog else None
+            )
             changed, rejected, wal = await self._retrying(
                 stop, "database", self._write, rows, wait_flush
             )
@@ -487,6 +491,11 @@ class Sink:
                 server_settings={
                     "timezone": "UTC",
                     "application_name": f"fleetstream-sink-{self.spec.kind}",
+                    **(
+                        {"synchronous_commit": "off"}
+                        if self.settings.sink_async_commit
+                        else {}
+                    ),
                 },
             )
             try:
@@ -498,7 +507,7 @@ class Sink:
         return self._conn
 
     async def _write(
-        self, rows: pl.DataFrame, wait_flush: bool = True
+        self, rows: pl.DataFrame, wait_flush: bool | None = None
     ) -> tuple[dict[str, int], list, tuple[int, int]]:
         """Write ``rows``; return rows changed per table, rejected rows, and the
         WAL's insert and flush positions after the commit.

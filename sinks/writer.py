@@ -51,13 +51,17 @@ ROW_ERRORS = (
     OutOfRange,
 )
 
-NO_FLUSH_WAIT = "SET LOCAL synchronous_commit TO off"
+SYNCHRONOUS_COMMIT = "SET LOCAL synchronous_commit TO {}"
 
 COLUMN_TYPES = """
 SELECT a.attname, format_type(a.atttypid, a.atttypmod)
 FROM pg_attribute a
 WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped
 """
+
+
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
 
 
 def quote(name: str) -> str:
@@ -244,14 +248,18 @@ class BatchWriter:
         )
 
     async def write(
-        self, conn: asyncpg.Connection, rows: pl.DataFrame, *, wait_flush: bool = True
+        self,
+        conn: asyncpg.Connection,
+        rows: pl.DataFrame,
+        *,
+        wait_flush: bool | None = None,
     ) -> tuple[dict[str, int], list[Rejected]]:
         """Write ``rows`` in one transaction; return rows changed per table, rejects.
 
         A rejected row is named by its ``INDEX``, its position in the batch.
-        Without ``wait_flush`` the commit returns before its WAL is flushed
-        (``synchronous_commit`` off for this transaction only): the rows are
-        visible but a crash of the server can still lose them.
+        ``wait_flush`` sets ``synchronous_commit`` for this transaction only
+        (None keeps the session's): when False the commit returns before its
+        WAL is flushed, and a crash of the server can still lose the rows.
 
         Errors other than a row's data (connection lost, permission, missing
         table) propagate and leave nothing written.
@@ -261,8 +269,8 @@ class BatchWriter:
         self._stage.dirty = False
         try:
             async with conn.transaction():
-                if not wait_flush:
-                    await conn.execute(NO_FLUSH_WAIT)
+                if wait_flush is not None:
+                    await conn.execute(SYNCHRONOUS_COMMIT.format(_on(wait_flush)))
                 changed = {
                     p.target.table: await p.write(conn, rows, guarded=False)
                     for p in self._plans
@@ -274,8 +282,8 @@ class BatchWriter:
         changed = dict.fromkeys((t.table for t in self.spec.targets), 0)
         self._stage.dirty = False
         async with conn.transaction():
-            if not wait_flush:
-                await conn.execute(NO_FLUSH_WAIT)
+            if wait_flush is not None:
+                await conn.execute(SYNCHRONOUS_COMMIT.format(_on(wait_flush)))
             await self._write_isolating(conn, rows, changed, rejected)
         return changed, rejected
 
