@@ -22,11 +22,9 @@ instead of crashing the worker.
 from __future__ import annotations
 
 import asyncio
-import gc
 import importlib
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -38,6 +36,7 @@ from fleetstream.runtime import run_until_stopped, sleep_or_stop
 from fleetstream.settings import Settings, get_settings
 from fleetstream.topics import DEADLETTER_TOPIC
 from processors.batch import RawCleaner
+from processors.collector import collector
 from processors.routing import Router
 
 logger = logging.getLogger(__name__)
@@ -49,11 +48,6 @@ AGENT_MODULES = ("processors.derived",)
 # that value would add up to 1.5 s of latency to every hop.
 EMBEDDED_FETCH_MAX_WAIT_MS = 20
 APP_CHECK_INTERVAL_SECONDS = 0.5
-# Containers allocated between two young collections. A batch of 5000 records
-# keeps about 30,000 alive until it is sent; at Python's default of 700 each
-# batch was scanned and promoted dozens of times, and the full collections that
-# followed walked faust's whole heap (30-40 ms each, stalling the event loop).
-GC_YOUNG_THRESHOLD = 50_000
 
 
 class ProcessorCrashed(FleetstreamError):
@@ -188,7 +182,7 @@ async def run(
     """
     await ensure_topics(settings)
     app, router = build(settings, agent_modules)
-    with _collector.running():
+    with collector.running():
         await app.start()
         logger.info("processor started for %s", settings.topic_prefix)
         if on_ready is not None:
@@ -211,38 +205,6 @@ async def run(
             )
     if app.crash_reason is not None:
         raise ProcessorCrashed("the processing app crashed") from app.crash_reason
-
-
-class _BatchCollector:
-    """Collect garbage rarely and never walk the heap that startup built.
-
-    Objects that exist when the app starts (modules, the app, settings) live as
-    long as the process, so they are frozen out of every collection. The
-    collector's settings come back when the last processor of the process stops.
-    """
-
-    def __init__(self) -> None:
-        self.users = 0
-        self.saved = gc.get_threshold()
-
-    @contextmanager
-    def running(self) -> Iterator[None]:
-        if self.users == 0:
-            self.saved = gc.get_threshold()
-            gc.collect()
-            gc.freeze()
-            gc.set_threshold(GC_YOUNG_THRESHOLD, *self.saved[1:])
-        self.users += 1
-        try:
-            yield
-        finally:
-            self.users -= 1
-            if self.users == 0:
-                gc.set_threshold(*self.saved)
-                gc.unfreeze()
-
-
-_collector = _BatchCollector()
 
 
 def main(settings: Settings) -> None:

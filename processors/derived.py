@@ -79,6 +79,7 @@ from fleetstream.kafka import ensure_topics, make_consumer, make_producer
 from fleetstream.runtime import run_until_stopped
 from fleetstream.settings import Settings
 from fleetstream.topics import CLEAN, STATE
+from processors.collector import collector
 from processors.distance import Fix, JitterRules, Track
 from processors.mileage import DayLedger
 from processors.trips import Span, TripMachine, TripRules, summarise
@@ -453,6 +454,10 @@ class DerivedWorker(ConsumerRebalanceListener):
 
     async def run(self, stop: asyncio.Event) -> None:
         """Process until ``stop`` is set; flush and commit before returning."""
+        with collector.running():
+            await self._run(stop)
+
+    async def _run(self, stop: asyncio.Event) -> None:
         await ensure_topics(self.settings)
         self._producer = make_producer(self.settings)
         # The range assignor gives one member the same partition numbers of

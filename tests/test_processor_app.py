@@ -11,7 +11,8 @@ from pathlib import Path
 
 from fleetstream.codec import codec
 from fleetstream.kafka import ensure_topics, make_consumer, make_producer
-from processors.app import GC_YOUNG_THRESHOLD, _BatchCollector, run
+from processors.app import run
+from processors.collector import YOUNG_THRESHOLD, BatchCollector
 
 RECEIVED_AT = 1741590000000  # 2025-03-10T07:00:00Z, after every sample fix
 
@@ -406,14 +407,14 @@ async def test_platform_samples_end_to_end(make_settings):
 
 
 def test_collector_settings_come_back_when_the_last_processor_stops():
-    collector = _BatchCollector()
+    collector = BatchCollector()
     before = gc.get_threshold()
 
     with collector.running():
         with collector.running():
-            assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD
+            assert gc.get_threshold()[0] == YOUNG_THRESHOLD
             assert gc.get_freeze_count() > 0
-        assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD
+        assert gc.get_threshold()[0] == YOUNG_THRESHOLD
 
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == 0
