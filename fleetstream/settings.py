@@ -104,8 +104,8 @@ class Settings(BaseSettings):
     process_concurrency: int = 2
     process_batch_max_records: int = 5000
     # Whether `fleetstream process` also runs the derived worker (distance,
-    # trips, daily mileage). In one process it roughly halves the cleaner's
-    # steady rate; production runs it as `fleetstream derive` instead.
+    # trips, daily mileage). In one process it takes about a third of the
+    # cleaner's steady rate; production runs it as `fleetstream derive` instead.
     process_derive: bool = True
     process_batch_max_wait_ms: int = 20
     # Memory of recent fixes per device, to drop repeats before the sink does:

@@ -359,9 +359,8 @@ class Sink:
         async with self._batch_lock:
             # With async commits the session does not wait for the flush; a
             # batch that closed on the wait does, so that its offsets follow.
-            wait_flush = (
-                True if self.settings.sink_async_commit and not backlog else None
-            )
+            asynchronous = self.settings.sink_async_commit
+            wait_flush = True if asynchronous and not backlog else None
             changed, rejected, wal = await self._retrying(
                 stop, "database", self._write, rows, wait_flush
             )
@@ -373,6 +372,12 @@ class Sink:
 
             inserted, flushed = wal
             self._unflushed.append((inserted, ends))
+            if not asynchronous or (wait_flush and any(changed.values())):
+                # A commit that wrote WAL and waited for its flush covers every
+                # earlier one. The insert position read after it can still lie
+                # beyond the flush: past the header of a new WAL page, or past
+                # other sessions' records.
+                flushed = max(flushed, inserted)
             self._promote(flushed)
             await self._retrying(stop, "group coordinator", self._commit_pending)
             self.stats.observe_batch(len(batch), changed, len(dead), began)
@@ -527,11 +532,12 @@ class Sink:
                 )
             inserted, flushed = await conn.fetchrow(WAL_POSITIONS)
             return changed, rejected, (inserted, flushed)
-        except BaseException:
+        except BaseException as exc:
             # The session's state is unknown after a failed write: start afresh.
             self._conn = None
             conn.terminate()
-            self._check_unflushed()
+            if isinstance(exc, Exception):  # not a cancellation
+                self._check_unflushed()
             raise
 
     def _check_unflushed(self) -> None:
@@ -549,11 +555,11 @@ class Sink:
         conn = await self._connection()
         try:
             flushed = await conn.fetchval(WAL_FLUSHED)
-        except BaseException:
-            if self._conn is not None:
-                self._conn.terminate()
-                self._conn = None
-            self._check_unflushed()
+        except BaseException as exc:
+            self._conn = None
+            conn.terminate()
+            if isinstance(exc, Exception):  # not a cancellation
+                self._check_unflushed()
             raise
         self._promote(flushed)
 
@@ -569,11 +575,15 @@ class Sink:
         async with self._batch_lock:
             await self._retrying(stop, "group coordinator", self._commit_pending)
             consumer = self._consumer
-            assigned = consumer.assignment()
+            assigned = set(consumer.assignment())
             for tp in assigned:
                 offset = await self._retrying(
                     stop, "group coordinator", consumer.committed, tp
                 )
+                if tp not in consumer.assignment():
+                    # Revoked meanwhile (a revocation waits for this lock only
+                    # so long): its next owner reads from the committed offset.
+                    continue
                 if offset is None:
                     await consumer.seek_to_beginning(tp)
                 else:

@@ -132,3 +132,53 @@ async def _committed_all(settings, expected: int) -> bool:
     return sum((await committed(settings, POSITION.group_id(settings))).values()) == (
         expected
     )
+
+
+async def test_a_sink_cancelled_mid_write_ends_while_batches_await_their_flush(
+    make_settings, crashable_server
+):
+    """Cancelling is not a lost connection: the sink must end, not rewind."""
+    from migrations.runner import migrate
+
+    admin = await asyncpg.connect(crashable_server.url)
+    await admin.execute('CREATE DATABASE "cancelme"')
+    await admin.close()
+    url = with_database(crashable_server.url, "cancelme")
+    await migrate(url)
+    settings = make_settings(database_url=url, sink_batch_max_records=BATCH)
+    per_device = BATCH * BATCHES // len(IMEIS)
+    await produce(
+        settings,
+        "position",
+        [position(imei, m) for imei in IMEIS for m in range(per_device)],
+    )
+
+    locked = asyncio.Event()
+    blocker: list[asyncpg.Connection] = []
+
+    async def block_the_next_write() -> None:
+        if locked.is_set() or not sink._unflushed:
+            return
+        conn = await asyncpg.connect(url)
+        blocker.append(conn)
+        await conn.execute("BEGIN")
+        await conn.execute(
+            "LOCK TABLE tracksolid.position_history IN ACCESS EXCLUSIVE MODE"
+        )
+        locked.set()
+
+    sink = fast(settings, POSITION, after_db_commit=block_the_next_write)
+    task = asyncio.create_task(sink.run(asyncio.Event()))
+    try:
+        await asyncio.wait_for(locked.wait(), 60)
+        await asyncio.sleep(0.5)  # the next batch's COPY now waits for the lock
+        assert sink._unflushed, "no batch awaited its flush when cancelled"
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 10)
+        assert sink.stats.rewinds == 0
+    finally:
+        if not task.done():
+            task.cancel()
+        for conn in blocker:
+            await conn.close()
