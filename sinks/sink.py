@@ -31,6 +31,10 @@ down), and raises ``ConfigError`` on a permanent one. Once running, the same
 errors stop it too, except a missing table or column: a migration swapping
 tables is waited out like an outage.
 
+A stop never waits for a broker without end: each offset commit is bounded by
+the Kafka request timeout, and each step of the stop by at most 5 s; offsets
+left uncommitted are rewritten, without duplicates, by the next run.
+
 Dead letters are delivered at least once: a retry after a failed send, or a
 crash before the offset commit, can publish the same dead letter twice.
 """
@@ -194,6 +198,9 @@ class Sink:
         self.revoke_wait_seconds = (
             settings.kafka_tuning()["rebalance_timeout_ms"] / 2000
         )
+        self._request_timeout_seconds = settings.kafka_request_timeout_ms / 1000
+        # Each step of a stop waits at most this long for a broker that is gone.
+        self._stop_timeout_seconds = min(self._request_timeout_seconds, 5.0)
         self._writer = BatchWriter(sink)
         self._codec = codec(sink.schema)
         self._dead_codec = codec(DEADLETTER_TOPIC.schema)
@@ -229,11 +236,29 @@ class Sink:
             logger.info("sink %s: consuming %s", self.spec.kind, self.topic)
             await self._consume(stop)
         finally:
-            await self._consumer.stop()
-            await self._producer.stop()
+            for client in (self._consumer, self._producer):
+                await self._close(client)
             if self._conn is not None:
-                await self._conn.close()
+                await self._conn.close(timeout=self._stop_timeout_seconds)
             logger.info("stopped %s", self.stats.summary())
+
+    async def _close(self, client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
+        """Stop a Kafka client, waiting a bounded time for a broker that is gone."""
+        try:
+            await asyncio.wait_for(client.stop(), self._stop_timeout_seconds)
+        except (KafkaError, OSError, asyncio.CancelledError) as exc:
+            # With the broker gone, aiokafka's fetcher can end its own close
+            # with a cancellation; only a cancellation of this task goes on.
+            if isinstance(exc, asyncio.CancelledError) and (
+                asyncio.current_task().cancelling()
+            ):
+                raise
+            logger.warning(
+                "sink %s: %s not closed cleanly (%s)",
+                self.spec.kind,
+                type(client).__name__,
+                type(exc).__name__,
+            )
 
     async def _consume(self, stop: asyncio.Event) -> None:
         """Write batches until stopped, rewinding when unflushed ones are lost."""
@@ -604,7 +629,9 @@ class Sink:
                     await self._settle_flushed()
                     if self._unflushed:
                         await asyncio.sleep(FLUSH_POLL_SECONDS)
-                await self._commit_pending()
+                await asyncio.wait_for(
+                    self._commit_pending(), self._stop_timeout_seconds
+                )
             except (*TRANSIENT, Rewind) as exc:
                 logger.info(
                     "sink %s: last offsets not committed at stop (%s); their "
@@ -652,7 +679,11 @@ class Sink:
         if not offsets:
             return
         try:
-            await self._consumer.commit(offsets)
+            # aiokafka waits for a group coordinator without end; a broker that
+            # is gone must become an error that the retry loop (or a stop) sees.
+            await asyncio.wait_for(
+                self._consumer.commit(offsets), self._request_timeout_seconds
+            )
         except (CommitFailedError, IllegalStateError) as exc:
             logger.warning(
                 "sink %s: offsets of partitions %s not committed (%s); their "

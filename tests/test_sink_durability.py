@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -29,12 +30,15 @@ from test_sinks import (
 )
 
 from fleetstream.db import with_database
-from fleetstream.embedded import EmbeddedPostgres, free_port
+from fleetstream.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from sinks.kinds import POSITION
 
 BATCH = 40
 BATCHES = 8
 CRASH_AFTER_BATCH = 4
+# A stop with the broker gone: four steps bounded by the 3 s request timeout
+# of the test's settings, and a margin. Unbounded, it waited forever.
+STOP_BOUND_SECONDS = 25
 
 
 @pytest.fixture
@@ -182,3 +186,37 @@ async def test_a_sink_cancelled_mid_write_ends_while_batches_await_their_flush(
             task.cancel()
         for conn in blocker:
             await conn.close()
+
+
+async def test_a_sink_told_to_stop_while_the_broker_is_down_exits(
+    make_settings, database_url, tmp_path
+):
+    """Offsets it cannot commit are left to be rewritten; it does not hang."""
+    broker = EmbeddedBroker(free_port(), tmp_path / "tansu.log").start()
+    stop = asyncio.Event()
+    stopped_at: list[float] = []
+
+    async def broker_gone_then_stop() -> None:
+        if not stopped_at:
+            await asyncio.to_thread(broker.stop)
+            stop.set()
+            stopped_at.append(time.monotonic())
+
+    try:
+        settings = make_settings(
+            database_url=database_url,
+            kafka_bootstrap_servers=broker.bootstrap_servers,
+            broker_profile="embedded",
+            kafka_request_timeout_ms=3000,
+        )
+        fixes = [position(imei, m) for imei in IMEIS for m in range(10)]
+        await produce(settings, "position", fixes)
+        sink = fast(settings, POSITION, after_db_commit=broker_gone_then_stop)
+        await asyncio.wait_for(sink.run(stop), 120)
+        took = time.monotonic() - stopped_at[0]
+        assert took < STOP_BOUND_SECONDS, f"took {took:.1f} s to stop"
+    finally:
+        broker.stop()
+    # Whatever the sink wrote is in the database; its offsets were not committed.
+    assert set(await history(settings)) <= {as_row(r) for r in fixes}
+    assert await history(settings)
