@@ -558,12 +558,19 @@ class Sink:
             inserted, flushed = await conn.fetchrow(WAL_POSITIONS)
             return changed, rejected, (inserted, flushed)
         except BaseException as exc:
-            # The session's state is unknown after a failed write: start afresh.
-            self._conn = None
-            conn.terminate()
-            if isinstance(exc, Exception):  # not a cancellation
-                self._check_unflushed()
+            self._drop(conn, exc)
             raise
+
+    def _drop(self, conn: asyncpg.Connection, exc: BaseException) -> None:
+        """Forget a session whose state is unknown after ``exc``: start afresh.
+
+        Raises ``Rewind`` when batches awaiting their flush went with it,
+        unless ``exc`` is a cancellation, which must end the sink.
+        """
+        self._conn = None
+        conn.terminate()
+        if isinstance(exc, Exception):
+            self._check_unflushed()
 
     def _check_unflushed(self) -> None:
         if self._unflushed:
@@ -581,10 +588,7 @@ class Sink:
         try:
             flushed = await conn.fetchval(WAL_FLUSHED)
         except BaseException as exc:
-            self._conn = None
-            conn.terminate()
-            if isinstance(exc, Exception):  # not a cancellation
-                self._check_unflushed()
+            self._drop(conn, exc)
             raise
         self._promote(flushed)
 
