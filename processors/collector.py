@@ -9,7 +9,7 @@ with the event loop stalled. While a loop runs, young garbage is collected
 every ``YOUNG_THRESHOLD`` allocations, and what existed when it started
 (modules, the app, settings) is frozen out of every collection: measured,
 bench_processor went from 56,200 to 68,800 events/s and the derived worker
-alone from 38,700 to 45,400 fixes/s.
+alone from 38,700 to 43,400 fixes/s.
 """
 
 from __future__ import annotations

@@ -107,7 +107,6 @@ READ_AHEAD = 1
 # PostgreSQL meanwhile (1,000 measured faster than 5,000 and 20,000 in
 # bench/bench_sink.py). Decoding runs in a thread, a batch at a time.
 FETCH_STEP_RECORDS = 1000
-DECODE_STEP_RECORDS = 20000
 # Where the WAL is written up to, and flushed up to, as byte positions.
 WAL_POSITIONS = """
 SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::int8,
@@ -395,15 +394,19 @@ class Sink:
             if dead:
                 await self._retrying(stop, "dead-letter topic", self._send_dead, dead)
 
-            inserted, flushed = wal
-            self._unflushed.append((inserted, ends))
-            if not asynchronous or (wait_flush and any(changed.values())):
-                # A commit that wrote WAL and waited for its flush covers every
-                # earlier one. The insert position read after it can still lie
-                # beyond the flush: past the header of a new WAL page, or past
-                # other sessions' records.
-                flushed = max(flushed, inserted)
-            self._promote(flushed)
+            if wal is None:
+                # Every commit of this sink waits for its flush.
+                self._pending.update(ends)
+            else:
+                inserted, flushed = wal
+                self._unflushed.append((inserted, ends))
+                if wait_flush and any(changed.values()):
+                    # A commit that wrote WAL and waited for its flush covers
+                    # every earlier one. The insert position read after it can
+                    # still lie beyond the flush: past the header of a new WAL
+                    # page, or past other sessions' records.
+                    flushed = max(flushed, inserted)
+                self._promote(flushed)
             await self._retrying(stop, "group coordinator", self._commit_pending)
             self.stats.observe_batch(len(batch), changed, len(dead), began)
 
@@ -416,20 +419,11 @@ class Sink:
         Decoded in a worker thread: polars reads without holding the GIL, so
         the event loop keeps serving the batch being written meanwhile.
         """
-        frames = []
-        dead: list[tuple[ConsumerRecord, str]] = []
-        for first in range(0, len(batch), DECODE_STEP_RECORDS):
-            part = batch[first : first + DECODE_STEP_RECORDS]
-            decoded = await asyncio.to_thread(
-                self._decoder.decode, [record.value for record in part]
-            )
-            dead.extend((part[i], reason) for i, reason in decoded.failed)
-            frames.append(
-                decoded.frame.select(self._projection).with_columns(
-                    pl.col(INDEX) + first
-                )
-            )
-        return pl.concat(frames, rechunk=False), dead
+        decoded = await asyncio.to_thread(
+            self._decoder.decode, [record.value for record in batch]
+        )
+        dead = [(batch[i], reason) for i, reason in decoded.failed]
+        return decoded.frame.select(self._projection), dead
 
     async def _database_ready(self, stop: asyncio.Event) -> bool:
         """Connect and check the tables; False when stopped before it succeeded."""
@@ -538,9 +532,9 @@ class Sink:
 
     async def _write(
         self, rows: pl.DataFrame, wait_flush: bool | None = None
-    ) -> tuple[dict[str, int], list, tuple[int, int]]:
-        """Write ``rows``; return rows changed per table, rejected rows, and the
-        WAL's insert and flush positions after the commit.
+    ) -> tuple[dict[str, int], list, tuple[int, int] | None]:
+        """Write ``rows``; return rows changed per table, rejected rows, and,
+        with async commits, the WAL's insert and flush positions after the commit.
 
         The positions are read even after a synchronous commit: one that wrote
         no WAL (every row already stored) flushes nothing.
@@ -555,6 +549,8 @@ class Sink:
                 changed, rejected = await self._writer.write(
                     conn, rows, wait_flush=wait_flush
                 )
+            if not self.settings.sink_async_commit:
+                return changed, rejected, None
             inserted, flushed = await conn.fetchrow(WAL_POSITIONS)
             return changed, rejected, (inserted, flushed)
         except BaseException as exc:
