@@ -29,6 +29,7 @@ from pathlib import Path
 
 import asyncpg
 
+from fleetstream.db import database_name, ensure_database, with_database
 from fleetstream.errors import FleetstreamError
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ VARIANT = r"(?:\.(timescaledb|postgres))?\.sql$"
 VERSIONED_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+?)" + VARIANT)
 REPEATABLE_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+?)" + VARIANT)
 PARTITIONS_AHEAD = "3 months"
+# Runs after every migration, pending or not: routine upkeep, not a migration.
+PARTITION_UPKEEP = f"ensure_partitions {PARTITIONS_AHEAD}"
 BAKED_SETTINGS = ("fleet_timezone", "max_fix_gap_seconds")
 
 
@@ -233,7 +236,7 @@ async def _post_steps(conn: asyncpg.Connection) -> list[str]:
         created = await conn.fetchval(
             "SELECT tracksolid.ensure_partitions($1::text::interval)", PARTITIONS_AHEAD
         )
-        done.append(f"ensure_partitions {PARTITIONS_AHEAD}: {created} created")
+        done.append(f"{PARTITION_UPKEEP}: {created} created")
     return done
 
 
@@ -279,7 +282,7 @@ async def _migrate_locked(
             await _apply(conn, script, checksum)
 
     if dry_run:
-        plan.append(f"ensure_partitions {PARTITIONS_AHEAD}")
+        plan.append(PARTITION_UPKEEP)
     else:
         plan.extend(await _post_steps(conn))
     logger.info(
@@ -334,22 +337,72 @@ async def migrate(
         await _close(conn)
 
 
+async def plan_new_database(url: str, root: Path = ROOT) -> list[str]:
+    """Return what a migration would do to the database ``url`` names, not yet made.
+
+    Nothing is created: the server's maintenance database ``postgres`` is asked
+    only whether it offers TimescaleDB, which decides the variant files a fresh
+    database gets. Like the dry run of an existing database, the plan assumes
+    an offered extension also loads.
+    """
+    conn = await asyncpg.connect(
+        with_database(url, "postgres"),
+        server_settings={"application_name": "fleetstream-migrate"},
+        statement_cache_size=0,
+    )
+    try:
+        available = await conn.fetchval(
+            "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"
+        )
+    finally:
+        await _close(conn)
+    flavour = "timescaledb" if available else "postgres"
+    plan = [f'create database "{database_name(url)}"']
+    if available:
+        plan.append("create extension timescaledb")
+    for kind in ("versioned", "repeatable"):
+        plan.extend(script.label for script in discover(kind, flavour, root))
+    plan.append(PARTITION_UPKEEP)
+    logger.info(
+        "migrations planned for missing database %s on %s: %d steps",
+        database_name(url),
+        flavour,
+        len(plan),
+    )
+    return plan
+
+
+def is_upkeep(step: str) -> bool:
+    """Return whether ``step`` is routine partition upkeep rather than a migration."""
+    return step.startswith(PARTITION_UPKEEP)
+
+
 def main(settings, dry_run: bool = False) -> None:
-    """Migrate the configured database, creating it first when it is missing."""
-    from fleetstream.db import ensure_database
+    """Migrate the configured database, creating it first when it is missing.
+
+    A dry run creates nothing: for a missing database it prints that the
+    database would be created and every migration would run.
+    """
 
     async def run() -> list[str]:
         if not dry_run:
             await ensure_database(settings.database_url)
-        return await migrate(
-            settings.database_url,
-            dry_run=dry_run,
-            fleet_timezone=settings.fleet_timezone,
-            max_fix_gap_seconds=settings.max_fix_gap_seconds,
-        )
+        try:
+            return await migrate(
+                settings.database_url,
+                dry_run=dry_run,
+                fleet_timezone=settings.fleet_timezone,
+                max_fix_gap_seconds=settings.max_fix_gap_seconds,
+            )
+        except asyncpg.InvalidCatalogNameError:
+            if not dry_run:
+                raise
+            return await plan_new_database(settings.database_url)
 
     steps = asyncio.run(run())
     for step in steps:
         print(("would run " if dry_run else "ran ") + step)
-    if not steps:
-        print("database is up to date")
+    if all(is_upkeep(step) for step in steps):
+        # Partition upkeep runs on every migration, so it never means pending work.
+        upkeep = "; nothing pending except routine partition upkeep" if steps else ""
+        print("database is up to date" + upkeep)
