@@ -219,17 +219,18 @@ class TimedSink(Sink):
         return batch, ends, began
 
     async def _decode(self, batch):
+        # Encoding the COPY data ahead is part of this phase.
         started = time.perf_counter()
         try:
             return await super()._decode(batch)
         finally:
             self._add("decode", time.perf_counter() - started)
 
-    async def _write(self, rows, wait_flush=None):
+    async def _write(self, rows, wait_flush=None, ahead=None):
         started = time.perf_counter()
         tables_before = self._tables_seconds()
         try:
-            return await super()._write(rows, wait_flush)
+            return await super()._write(rows, wait_flush, ahead)
         finally:
             took = time.perf_counter() - started
             tables = self._tables_seconds() - tables_before

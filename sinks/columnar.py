@@ -195,7 +195,7 @@ def _plain(schema: Any) -> Any:
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 # A nullable field's union branch index byte: zigzag 0 (null) or 1 (value).
 NULL_BRANCH, VALUE_BRANCH = 0, 2
-LENGTH, START = "_fs_length", "_fs_start"
+LENGTH, START, ENDS = "_fs_length", "_fs_start", "_fs_field_starts"
 
 
 class FrameDecoder:
@@ -374,18 +374,27 @@ class FrameDecoder:
             pa.Array.from_buffers(pa.uint8(), len(data), [None, pa.py_buffer(data)])
         )
         names = [size.meta.output_name() for size in sizes]
-        measured = frame.with_columns(
-            *sizes, lengths, (lengths.cum_sum() - lengths).alias(START)
+        # Where each field starts: the record's start plus its earlier fields,
+        # computed once as columns (a struct field read in each check below
+        # would be summed again for each).
+        starts = [f"_fs_start_{k}" for k in range(len(names))]
+        measured = (
+            frame.with_columns(
+                *sizes, lengths, (lengths.cum_sum() - lengths).alias(START)
+            )
+            .with_columns(
+                pl.cum_sum_horizontal(pl.col(START), *names[:-1])
+                .struct.rename_fields(starts)
+                .alias(ENDS)
+            )
+            .unnest(ENDS)
         )
-        # Where each field starts: the record's start plus its earlier fields.
-        ends = pl.cum_sum_horizontal(pl.col(START), *names).struct
-        starts = {
-            name: ends.field(prior)
-            for prior, name in zip([START, *names[:-1]], names, strict=True)
-        }
+        start_of = dict(zip(names, starts, strict=True))
         checks = [pl.sum_horizontal(names) == pl.col(LENGTH), *ranges]
         checks.extend(
-            (pl.lit(octets).gather(starts[size] + skip) == expected).fill_null(True)
+            (
+                pl.lit(octets).gather(pl.col(start_of[size]) + skip) == expected
+            ).fill_null(True)
             for size, skip, expected in bytes_at
         )
         return measured.select(pl.all_horizontal(checks).all()).item()

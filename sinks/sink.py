@@ -64,7 +64,7 @@ from fleetstream.topics import CLEAN, DEADLETTER_TOPIC, spec
 from sinks.columnar import INDEX, FrameDecoder, one_line
 from sinks.kinds import SinkSpec
 from sinks.stats import SinkStats
-from sinks.writer import BatchWriter
+from sinks.writer import BatchWriter, Encoded
 
 logger = logging.getLogger(__name__)
 
@@ -273,10 +273,11 @@ class Sink:
     async def _write_batches(self, stop: asyncio.Event) -> None:
         """Write batches in order while the next ones are read and decoded.
 
-        A reader task fetches and decodes up to ``READ_AHEAD`` batches ahead of
-        the one being written, so that this process decodes while PostgreSQL
-        writes. Each batch's offsets are committed after its own transaction,
-        in order; a batch read ahead is never committed before it is written.
+        A reader task fetches, decodes and encodes up to ``READ_AHEAD`` batches
+        ahead of the one being written, so that this process prepares a batch
+        while PostgreSQL writes the previous one. Each batch's offsets are
+        committed after its own transaction, in order; a batch read ahead is
+        never committed before it is written.
         """
         ready: asyncio.Queue = asyncio.Queue(maxsize=READ_AHEAD)
         reader = asyncio.create_task(self._read(ready, stop))
@@ -325,10 +326,10 @@ class Sink:
             while not stop.is_set():
                 batch, ends, began = await self._collect(stop)
                 if batch:
-                    rows, dead = await self._decode(batch)
+                    rows, dead, ahead = await self._decode(batch)
                     # Closed by the record limit: more records are waiting.
                     backlog = len(batch) >= limit
-                    await ready.put((batch, ends, began, rows, dead, backlog))
+                    await ready.put((batch, ends, began, rows, dead, ahead, backlog))
         except Exception as exc:  # noqa: BLE001 - handed to the writing loop
             await ready.put(exc)
             return
@@ -376,6 +377,7 @@ class Sink:
         began: float,
         rows: pl.DataFrame,
         dead: list[tuple[ConsumerRecord, str]],
+        ahead: dict[str, Encoded],
         backlog: bool,
         stop: asyncio.Event,
     ) -> None:
@@ -386,7 +388,7 @@ class Sink:
             asynchronous = self.settings.sink_async_commit
             wait_flush = True if asynchronous and not backlog else None
             changed, rejected, wal = await self._retrying(
-                stop, "database", self._write, rows, wait_flush
+                stop, "database", self._write, rows, wait_flush, ahead
             )
             dead.extend((batch[r.index], r.reason) for r in rejected)
             if self.after_db_commit is not None:
@@ -412,18 +414,27 @@ class Sink:
 
     async def _decode(
         self, batch: list[ConsumerRecord]
-    ) -> tuple[pl.DataFrame, list[tuple[ConsumerRecord, str]]]:
-        """Return the batch's rows (``INDEX`` names each row's record) and the
-        records that could not be decoded, with the reason.
+    ) -> tuple[pl.DataFrame, list[tuple[ConsumerRecord, str]], dict[str, Encoded]]:
+        """Return the batch's rows (``INDEX`` names each row's record), the
+        records that could not be decoded, with the reason, and the rows'
+        COPY data made ahead.
 
-        Decoded in a worker thread: polars reads without holding the GIL, so
-        the event loop keeps serving the batch being written meanwhile.
+        Decoded and encoded in a worker thread: polars and pgpq work without
+        holding the GIL, so the event loop keeps serving the batch being
+        written meanwhile, and the write only sends the data.
         """
-        decoded = await asyncio.to_thread(
-            self._decoder.decode, [record.value for record in batch]
+        rows, failed, ahead = await asyncio.to_thread(
+            self._prepare, [record.value for record in batch]
         )
-        dead = [(batch[i], reason) for i, reason in decoded.failed]
-        return decoded.frame.select(self._projection), dead
+        dead = [(batch[i], reason) for i, reason in failed]
+        return rows, dead, ahead
+
+    def _prepare(
+        self, values: list[bytes]
+    ) -> tuple[pl.DataFrame, list[tuple[int, str]], dict[str, Encoded]]:
+        decoded = self._decoder.decode(values)
+        rows = decoded.frame.select(self._projection)
+        return rows, decoded.failed, self._writer.encode_ahead(rows)
 
     async def _database_ready(self, stop: asyncio.Event) -> bool:
         """Connect and check the tables; False when stopped before it succeeded."""
@@ -531,7 +542,10 @@ class Sink:
         return self._conn
 
     async def _write(
-        self, rows: pl.DataFrame, wait_flush: bool | None = None
+        self,
+        rows: pl.DataFrame,
+        wait_flush: bool | None = None,
+        ahead: dict[str, Encoded] | None = None,
     ) -> tuple[dict[str, int], list, tuple[int, int] | None]:
         """Write ``rows``; return rows changed per table, rejected rows, and,
         with async commits, the WAL's insert and flush positions after the commit.
@@ -547,7 +561,7 @@ class Sink:
             changed, rejected = {}, []
             if rows.height:
                 changed, rejected = await self._writer.write(
-                    conn, rows, wait_flush=wait_flush
+                    conn, rows, wait_flush=wait_flush, ahead=ahead
                 )
             if not self.settings.sink_async_commit:
                 return changed, rejected, None

@@ -15,12 +15,14 @@ Rows arrive as a polars DataFrame of the sink's columns plus ``INDEX``, each
 row's position in the consumed batch, and reach PostgreSQL as binary ``COPY``
 data (``sinks.columnar``), never as Python values one at a time.
 
-A batch is first written whole in a transaction without savepoints, each one a
-round trip. When PostgreSQL rejects it for a row's data (a constraint, a value
-out of range) or for a key the plain ``COPY`` found stored, it is rolled back and
-written again under savepoints, split in halves until the offending rows stand
-alone; they are returned as rejected and every other row is still written
-in the same transaction.
+The COPY data of a batch can be made ahead, in the thread that decoded it
+(``BatchWriter.encode_ahead``), so that the connection's turn is spent sending
+it rather than encoding. A batch is first written whole in a transaction
+without savepoints, each one a round trip. When PostgreSQL rejects it for a
+row's data (a constraint, a value out of range) or for a key the plain ``COPY``
+found stored, it is rolled back and written again under savepoints, split in
+halves until the offending rows stand alone; they are returned as rejected and
+every other row is still written in the same transaction.
 """
 
 from __future__ import annotations
@@ -120,17 +122,35 @@ def newest_per_key(rows: pl.DataFrame, key: Sequence[str], order: str) -> pl.Dat
     return ranked.unique(subset=list(key), keep="first", maintain_order=True)
 
 
+@dataclass(frozen=True)
+class Encoded:
+    """One plan's rows of a batch, their COPY data, and the encoder that made it."""
+
+    rows: pl.DataFrame
+    data: bytes
+    encoder: CopyEncoder
+
+
 async def copy_frame(
-    conn: asyncpg.Connection, table: str, rows: pl.DataFrame, encoder: CopyEncoder
+    conn: asyncpg.Connection,
+    table: str,
+    rows: pl.DataFrame,
+    encoder: CopyEncoder,
+    data: bytes | None = None,
 ) -> None:
-    """``COPY`` the encoder's columns of ``rows`` into ``table`` in binary."""
+    """``COPY`` the encoder's columns of ``rows`` into ``table`` in binary.
+
+    ``data`` is the rows' COPY data when it was encoded ahead.
+    """
+    if data is None:
+        data = encoder.encode(rows)
     schema, _, name = table.rpartition(".")
     # A buffer goes to the socket in one message, where a file object would be
     # read in chunks through a thread. Bytes would be taken for a file's path.
     await conn.copy_to_table(
         name,
         schema_name=schema or None,
-        source=memoryview(encoder.encode(rows)),
+        source=memoryview(data),
         columns=encoder.columns,
         format="binary",
     )
@@ -144,11 +164,15 @@ class _Stage:
         self.dirty = False
 
     async def load(
-        self, conn: asyncpg.Connection, rows: pl.DataFrame, encoder: CopyEncoder
+        self,
+        conn: asyncpg.Connection,
+        rows: pl.DataFrame,
+        encoder: CopyEncoder,
+        data: bytes | None = None,
     ) -> None:
         if self.dirty:
             await conn.execute(f"TRUNCATE {self.name}")
-        await copy_frame(conn, self.name, rows, encoder)
+        await copy_frame(conn, self.name, rows, encoder, data)
         self.dirty = True
 
 
@@ -167,25 +191,43 @@ class _Plan:
         self.direct = self.append
         self.encoder: CopyEncoder | None = None
 
+    def rows_of(self, rows: pl.DataFrame) -> pl.DataFrame:
+        """Return the rows of a batch this plan sends first."""
+        if self.append:
+            return rows
+        return newest_per_key(rows, self.key, self.order)
+
     async def write(
-        self, conn: asyncpg.Connection, rows: pl.DataFrame, *, guarded: bool = True
+        self,
+        conn: asyncpg.Connection,
+        rows: pl.DataFrame,
+        *,
+        guarded: bool = True,
+        ahead: Encoded | None = None,
     ) -> int:
         """Write ``rows``; return how many rows the target gained or changed.
 
         Unguarded, the plain ``COPY`` runs without a savepoint of its own, so a
         key that already exists aborts the whole transaction: the caller rolls
         back and writes the batch again guarded, when this plan copies no more.
+        ``ahead`` is ``rows_of(rows)`` encoded ahead, used if this connection's
+        encoder made it.
         """
+        if ahead is not None and ahead.encoder is not self.encoder:
+            ahead = None
+        data = ahead.data if ahead is not None else None
         if not self.append:
-            return await self._staged(conn, newest_per_key(rows, self.key, self.order))
+            mine = ahead.rows if ahead is not None else self.rows_of(rows)
+            return await self._staged(conn, mine, data)
         if self.direct:
             # A key twice in the batch fails the copy like a stored key does.
+            table = self.target.table
             try:
                 if guarded:
                     async with conn.transaction():
-                        await copy_frame(conn, self.target.table, rows, self.encoder)
+                        await copy_frame(conn, table, rows, self.encoder, data)
                 else:
-                    await copy_frame(conn, self.target.table, rows, self.encoder)
+                    await copy_frame(conn, table, rows, self.encoder, data)
                 return rows.height
             except asyncpg.UniqueViolationError:
                 self.direct = False
@@ -196,8 +238,10 @@ class _Plan:
         self.direct = inserted == unique.height
         return inserted
 
-    async def _staged(self, conn: asyncpg.Connection, rows: pl.DataFrame) -> int:
-        await self.stage.load(conn, rows, self.encoder)
+    async def _staged(
+        self, conn: asyncpg.Connection, rows: pl.DataFrame, data: bytes | None = None
+    ) -> int:
+        await self.stage.load(conn, rows, self.encoder, data)
         return affected(await conn.execute(self.statement))
 
 
@@ -247,12 +291,33 @@ class BatchWriter:
             "ON COMMIT DELETE ROWS"
         )
 
+    def encode_ahead(self, rows: pl.DataFrame) -> dict[str, Encoded]:
+        """Return each target's COPY data for ``rows``, made now to save the
+        write the work; safe to call from another thread than the writer's.
+
+        Nothing is made before the first connection has fixed the column types,
+        nor for a target whose rows cannot be encoded: the write then encodes
+        them itself and isolates the rows at fault.
+        """
+        made = {}
+        for plan in self._plans:
+            encoder = plan.encoder
+            if encoder is None:
+                continue
+            mine = plan.rows_of(rows)
+            try:
+                made[plan.target.table] = Encoded(mine, encoder.encode(mine), encoder)
+            except ROW_ERRORS:
+                continue
+        return made
+
     async def write(
         self,
         conn: asyncpg.Connection,
         rows: pl.DataFrame,
         *,
         wait_flush: bool | None = None,
+        ahead: dict[str, Encoded] | None = None,
     ) -> tuple[dict[str, int], list[Rejected]]:
         """Write ``rows`` in one transaction; return rows changed per table, rejects.
 
@@ -260,6 +325,7 @@ class BatchWriter:
         ``wait_flush`` sets ``synchronous_commit`` for this transaction only
         (None keeps the session's): when False the commit returns before its
         WAL is flushed, and a crash of the server can still lose the rows.
+        ``ahead`` is what ``encode_ahead(rows)`` returned.
 
         Errors other than a row's data (connection lost, permission, missing
         table) propagate and leave nothing written.
@@ -271,8 +337,11 @@ class BatchWriter:
             async with conn.transaction():
                 if wait_flush is not None:
                     await conn.execute(SYNCHRONOUS_COMMIT.format(_on(wait_flush)))
+                ahead = ahead or {}
                 changed = {
-                    p.target.table: await p.write(conn, rows, guarded=False)
+                    p.target.table: await p.write(
+                        conn, rows, guarded=False, ahead=ahead.get(p.target.table)
+                    )
                     for p in self._plans
                 }
             return changed, []

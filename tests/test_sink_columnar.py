@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import random
 from datetime import UTC, datetime, timedelta
 
@@ -62,14 +63,18 @@ def rows_of(frame: pl.DataFrame) -> list[tuple]:
     return frame.select(POSITION.columns).rows()
 
 
-def test_block_decoding_matches_fastavro_record_by_record():
+def test_block_decoding_matches_fastavro_record_by_record(caplog):
     rng = random.Random(7)
     records = [fix(i, rng) for i in range(2000)]
     encoder = codec("Position")
     values = [encoder.encode(r) for r in records]
 
-    decoded = decoder().decode(values)
+    with caplog.at_level(logging.INFO, logger="sinks.columnar"):
+        decoded = decoder().decode(values)
 
+    # Valid records are proven read from their own bytes as one block: a proof
+    # that refused them would still give these rows, one record at a time.
+    assert not caplog.records
     assert decoded.failed == []
     assert decoded.frame[INDEX].to_list() == list(range(len(values)))
     assert rows_of(decoded.frame) == [
@@ -94,28 +99,55 @@ def test_a_corrupt_body_never_shifts_its_neighbours(corrupt):
     values = [encoder.encode(r) for r in records]
     values[150] = corrupt(values[150])
 
-    decoded = decoder().decode(values)
-
     # Whatever the reader makes of the bad bytes, every other record is read
-    # from its own bytes, exactly as fastavro reads it alone; a record that
-    # fastavro cannot read, or reads leaving bytes over, is dead-lettered.
-    def alone(value):
-        buf = io.BytesIO(value)
-        buf.seek(10)
-        try:
-            record = fastavro.schemaless_reader(buf, encoder.schema, None)
-        except Exception:  # noqa: BLE001
-            return None
-        if buf.tell() != len(value):
-            return None
-        return tuple(record[c] for c in POSITION.columns)
+    # from its own bytes, exactly as fastavro reads it alone.
+    assert_read_as_fastavro_reads_each(values)
 
-    expected = [(i, alone(v)) for i, v in enumerate(values)]
+
+def read_alone(value: bytes) -> tuple | None:
+    """Return the row fastavro reads from ``value`` alone, or None when it
+    cannot read it or reads leaving bytes over."""
+    buf = io.BytesIO(value)
+    buf.seek(10)
+    try:
+        record = fastavro.schemaless_reader(buf, codec("Position").schema, None)
+    except Exception:  # noqa: BLE001
+        return None
+    if buf.tell() != len(value):
+        return None
+    return tuple(record[c] for c in POSITION.columns)
+
+
+def assert_read_as_fastavro_reads_each(values: list[bytes]) -> None:
+    decoded = decoder().decode(values)
+    expected = [(i, read_alone(v)) for i, v in enumerate(values)]
     kept = [(i, row) for i, row in expected if row is not None]
     indexes = decoded.frame[INDEX].to_list()
     assert list(zip(indexes, rows_of(decoded.frame), strict=True)) == kept
     assert [i for i, _ in decoded.failed] == [i for i, row in expected if row is None]
     assert all(reason.startswith("undecodable") for _, reason in decoded.failed)
+
+
+def test_any_one_byte_changed_anywhere_in_a_record_reads_as_fastavro_reads_it():
+    rng = random.Random(23)
+    records = [fix(i, rng) for i in range(8)]
+    # Every field present, so that every union branch and boolean byte exists.
+    records[4].update(
+        speed_kmh=12.5,
+        direction_deg=90,
+        acc_on=True,
+        satellites=7,
+        altitude_m=1600.0,
+        reupload=False,
+        odometer_m=5.0,
+    )
+    encoder = codec("Position")
+    values = [encoder.encode(r) for r in records]
+    clean = values[4]
+    for at in range(10, len(clean)):
+        for byte in {0x00, 0x01, 0x02, 0x03, 0x7F, 0xFF, clean[at] ^ 0x01}:
+            values[4] = clean[:at] + bytes([byte]) + clean[at + 1 :]
+            assert_read_as_fastavro_reads_each(values)
 
 
 @pytest.mark.parametrize(
@@ -466,3 +498,86 @@ async def test_writer_rejects_only_the_row_with_an_impossible_time(database_url)
     assert "range" in rejected[0].reason
     assert stored == 7
     assert changed["tracksolid.position_history"] == 7
+
+
+def positions_frame(records: list[dict]) -> pl.DataFrame:
+    return pl.DataFrame(
+        expected_rows(records), schema=list(POSITION.columns), orient="row"
+    ).with_columns(pl.Series(INDEX, range(len(records)), dtype=pl.Int64))
+
+
+async def test_writer_sends_data_encoded_ahead_only_by_its_own_encoder(database_url):
+    rng = random.Random(11)
+    records = [fix(i % 3, rng) for i in range(9)]
+    for n, record in enumerate(records):
+        record["gps_time"] = BASE + timedelta(minutes=n)
+        record["direction_deg"] = record["satellites"] = None
+    frame = positions_frame(records)
+    # The same keys with other coordinates, encoded by another connection's writer.
+    other = frame.with_columns(pl.lit(0.5).alias("lat"), pl.lit(0.25).alias("lng"))
+    writer, stranger = BatchWriter(POSITION), BatchWriter(POSITION)
+    assert writer.encode_ahead(frame) == {}
+    conn = await asyncpg.connect(database_url)
+    try:
+        await writer.prepare(conn)
+        await stranger.prepare(conn)
+        ahead = writer.encode_ahead(frame)
+        live = ahead["tracksolid.live_positions"].rows
+        assert sorted(live["gps_time"].to_list()) == [
+            BASE + timedelta(minutes=n) for n in (6, 7, 8)
+        ]
+        await writer.write(conn, frame, ahead=stranger.encode_ahead(other))
+        stored = await conn.fetch(
+            "SELECT imei, gps_time, lat, lng FROM tracksolid.position_history"
+        )
+        newest = await conn.fetch(
+            "SELECT imei, gps_time, lat FROM tracksolid.live_positions"
+        )
+        await conn.execute("TRUNCATE tracksolid.position_history")
+        await conn.execute("TRUNCATE tracksolid.live_positions")
+        changed, rejected = await writer.write(conn, frame, ahead=ahead)
+        again = await conn.fetch(
+            "SELECT imei, gps_time, lat, lng FROM tracksolid.position_history"
+        )
+    finally:
+        await conn.close()
+    expected = sorted((r["imei"], r["gps_time"], r["lat"], r["lng"]) for r in records)
+    assert sorted(tuple(r) for r in stored) == expected
+    assert sorted(tuple(r) for r in again) == expected
+    assert sorted(tuple(r) for r in newest) == sorted(
+        (r["imei"], r["gps_time"], r["lat"]) for r in records[6:]
+    )
+    assert changed == {
+        "tracksolid.position_history": 9,
+        "tracksolid.live_positions": 3,
+    }
+    assert rejected == []
+
+
+async def test_rows_that_cannot_be_encoded_ahead_are_isolated_by_the_write(
+    database_url,
+):
+    rng = random.Random(5)
+    records = [fix(i, rng) for i in range(6)]
+    for record in records:
+        record["direction_deg"] = record["satellites"] = None
+    frame = positions_frame(records)
+    physical = pl.col("gps_time").dt.cast_time_unit("ms").cast(pl.Int64)
+    frame = frame.with_columns(
+        pl.when(pl.col(INDEX) == 2)
+        .then(pl.lit(2**62))
+        .otherwise(physical)
+        .cast(pl.Datetime("ms", "UTC"))
+        .alias("gps_time")
+    )
+    writer = BatchWriter(POSITION)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await writer.prepare(conn)
+        ahead = writer.encode_ahead(frame)
+        changed, rejected = await writer.write(conn, frame, ahead=ahead)
+    finally:
+        await conn.close()
+    assert ahead == {}
+    assert [r.index for r in rejected] == [2]
+    assert changed["tracksolid.position_history"] == 5
