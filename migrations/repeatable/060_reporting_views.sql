@@ -1,6 +1,8 @@
 -- Reporting views for the dashboard's filters and summaries. All read
 -- reporting.v_trips, so they are as fresh as its last refresh; days are local
--- days of the fleet zone and weeks start on Monday.
+-- days of the fleet zone and weeks start on Monday. A week or month is truncated
+-- from trip_date as a zone-less timestamp: a bare date would be cast to
+-- timestamptz in the session's zone, and the arithmetic would depend on it.
 
 -- Dropped first so that a view may change its columns; CASCADE because the
 -- views of later files, which may depend on these, are then rebuilt too.
@@ -85,7 +87,7 @@ COMMENT ON VIEW reporting.v_daily_summary IS
     'driving hours, top speed and average trip length.';
 
 CREATE OR REPLACE VIEW reporting.v_weekly_summary AS
-SELECT date_trunc('week', trip_date)::date AS week_start,
+SELECT date_trunc('week', trip_date::timestamp)::date AS week_start,
        count(*) AS trips,
        count(DISTINCT imei) AS vehicles,
        count(DISTINCT driver_name) AS drivers,
@@ -99,7 +101,7 @@ COMMENT ON VIEW reporting.v_weekly_summary IS
     'Per week (Monday start, local days): the figures of v_daily_summary.';
 
 CREATE OR REPLACE VIEW reporting.v_monthly_summary AS
-SELECT date_trunc('month', trip_date)::date AS month_start,
+SELECT date_trunc('month', trip_date::timestamp)::date AS month_start,
        count(*) AS trips,
        count(DISTINCT imei) AS vehicles,
        count(DISTINCT driver_name) AS drivers,
@@ -128,7 +130,7 @@ COMMENT ON VIEW reporting.v_daily_summary_cost_centre IS
     'v_daily_summary per cost centre (NULL: vehicles without one).';
 
 CREATE OR REPLACE VIEW reporting.v_weekly_summary_cost_centre AS
-SELECT date_trunc('week', trip_date)::date AS week_start,
+SELECT date_trunc('week', trip_date::timestamp)::date AS week_start,
        cost_centre,
        count(*) AS trips,
        count(DISTINCT imei) AS vehicles,
@@ -143,7 +145,7 @@ COMMENT ON VIEW reporting.v_weekly_summary_cost_centre IS
     'v_weekly_summary per cost centre (NULL: vehicles without one).';
 
 CREATE OR REPLACE VIEW reporting.v_monthly_summary_cost_centre AS
-SELECT date_trunc('month', trip_date)::date AS month_start,
+SELECT date_trunc('month', trip_date::timestamp)::date AS month_start,
        cost_centre,
        count(*) AS trips,
        count(DISTINCT imei) AS vehicles,

@@ -31,10 +31,17 @@ SELECT d.imei,
        min(t.start_time) AS first_trip_start,
        max(t.end_time) AS last_trip_end,
        max(t.max_speed_kmh) AS max_speed_kmh,
+       -- Today runs from one local midnight of the fleet zone to the next. The
+       -- date becomes a wall-clock timestamp before AT TIME ZONE places it in
+       -- the zone: given the date itself, PostgreSQL would take midnight of the
+       -- session's zone instead, and the day would move with each client.
        (SELECT count(*) FROM tracksolid.alarms a
         WHERE a.imei = d.imei
-          AND a.alarm_time >= (SELECT tracksolid.local_today())
-              AT TIME ZONE (SELECT tracksolid.fleet_timezone())) AS alarms
+          AND a.alarm_time >= (SELECT tracksolid.local_today()::timestamp
+                                      AT TIME ZONE tracksolid.fleet_timezone())
+          AND a.alarm_time < (SELECT (tracksolid.local_today() + 1)::timestamp
+                                     AT TIME ZONE tracksolid.fleet_timezone()))
+           AS alarms
 FROM tracksolid.devices d
 LEFT JOIN reporting.v_trips t
        ON t.imei = d.imei AND t.trip_date = (SELECT tracksolid.local_today())
@@ -44,21 +51,29 @@ COMMENT ON VIEW tracksolid.v_fleet_today IS
     'Every enabled vehicle''s day so far: trips, kilometres and hours driven, first '
     'start, last stop, top speed and alarms raised today.';
 
+-- Read from the registry as well as the latest fixes: a registered vehicle that
+-- has never sent a fix has no row in live_positions, and a tracker that reports
+-- before it is registered has no row in devices; both are counted.
 CREATE VIEW tracksolid.v_fleet_status AS
 SELECT s.status,
-       count(lp.imei) AS vehicles
-FROM (VALUES ('moving'), ('idle'), ('parked'), ('offline')) AS s (status)
+       count(v.imei) AS vehicles
+FROM (VALUES ('moving'), ('idle'), ('parked'), ('offline'), ('never_reported'))
+     AS s (status)
 LEFT JOIN (
-    SELECT lp.imei, tracksolid.motion_status(lp.gps_time, lp.speed_kmh, lp.acc_on)
-               AS status
-    FROM tracksolid.live_positions lp
-    LEFT JOIN tracksolid.devices d ON d.imei = lp.imei
+    SELECT coalesce(d.imei, lp.imei) AS imei,
+           CASE WHEN lp.imei IS NULL THEN 'never_reported'
+                ELSE tracksolid.motion_status(lp.gps_time, lp.speed_kmh, lp.acc_on)
+           END AS status
+    FROM tracksolid.devices d
+    FULL JOIN tracksolid.live_positions lp ON lp.imei = d.imei
     WHERE coalesce(d.enabled, true)
-) lp ON lp.status = s.status
+) v ON v.status = s.status
 GROUP BY s.status;
 COMMENT ON VIEW tracksolid.v_fleet_status IS
-    'How many vehicles are moving, idling, parked or offline right now (offline: '
-    'no fix for 60 minutes).';
+    'How many vehicles are moving, idling, parked, offline (no fix for 60 '
+    'minutes) or never_reported (registered but no fix ever received: no signal) '
+    'right now. Every enabled vehicle counts once, and so does a tracker that '
+    'reports without being registered.';
 
 CREATE VIEW tracksolid.v_active_dispatch_map AS
 SELECT *
@@ -120,24 +135,69 @@ COMMENT ON VIEW tracksolid.v_fleet_km_daily IS
     'Kilometres the whole fleet covered per local day (daily mileage, odometer '
     'where reported, else GPS path) and how many vehicles moved.';
 
+-- Every method called in the last 7 days is listed, so one that has stopped
+-- stays in view instead of dropping out. Methods run at their own pace (device
+-- positions every minute, histories per device every half hour, the device list
+-- hourly), each cycle a burst of calls, so a method's usual interval is the
+-- median gap between its cycles: gaps under 30 seconds are calls of one burst.
+-- A method is stale after three usual intervals without a call, never sooner
+-- than 15 minutes (a timed-out call and its back-off fit in that), and failing
+-- when it is called but has not succeeded for as long.
 CREATE VIEW tracksolid.v_ingestion_health AS
-SELECT l.method,
-       count(*) AS calls_last_hour,
-       count(*) FILTER (WHERE l.error IS NOT NULL
-                          OR coalesce(l.result_code, 0) <> 0) AS failed_last_hour,
-       coalesce(sum(l.record_count), 0) AS records_last_hour,
-       percentile_cont(0.95) WITHIN GROUP (ORDER BY l.duration_ms) AS p95_ms,
-       max(l.called_at) AS last_call_at,
-       (SELECT max(called_at) FROM tracksolid.ingestion_log s
-        WHERE s.method = l.method AND s.error IS NULL
-          AND coalesce(s.result_code, 0) = 0) AS last_success_at,
-       (SELECT max(received_at) FROM tracksolid.live_positions) AS last_fix_received_at
-FROM tracksolid.ingestion_log l
-WHERE l.called_at >= now() - interval '1 hour'
-GROUP BY l.method;
+WITH calls AS (
+    SELECT l.method,
+           l.called_at,
+           l.record_count,
+           l.duration_ms,
+           l.error IS NULL AND coalesce(l.result_code, 0) = 0 AS succeeded,
+           l.called_at >= now() - interval '1 hour' AS last_hour,
+           l.called_at - lag(l.called_at) OVER (PARTITION BY l.method
+                                                ORDER BY l.called_at) AS gap
+    FROM tracksolid.ingestion_log l
+    WHERE l.called_at >= now() - interval '7 days'
+), methods AS (
+    SELECT c.method,
+           count(*) FILTER (WHERE c.last_hour) AS calls_last_hour,
+           count(*) FILTER (WHERE c.last_hour AND NOT c.succeeded) AS failed_last_hour,
+           coalesce(sum(c.record_count) FILTER (WHERE c.last_hour), 0)
+               AS records_last_hour,
+           percentile_cont(0.95) WITHIN GROUP (ORDER BY c.duration_ms)
+               FILTER (WHERE c.last_hour) AS p95_ms,
+           max(c.called_at) AS last_call_at,
+           max(c.called_at) FILTER (WHERE c.succeeded) AS last_success_at,
+           percentile_disc(0.5) WITHIN GROUP (ORDER BY c.gap)
+               FILTER (WHERE c.gap >= interval '30 seconds') AS usual_interval
+    FROM calls c
+    GROUP BY c.method
+), judged AS (
+    SELECT m.*,
+           greatest(interval '15 minutes', 3 * m.usual_interval) AS stale_after
+    FROM methods m
+)
+SELECT j.method,
+       j.calls_last_hour,
+       j.failed_last_hour,
+       j.records_last_hour,
+       j.p95_ms,
+       j.last_call_at,
+       j.last_success_at,
+       (SELECT max(received_at) FROM tracksolid.live_positions) AS last_fix_received_at,
+       floor(extract(epoch FROM now() - j.last_call_at))::integer
+           AS seconds_since_last_call,
+       extract(epoch FROM j.stale_after)::integer AS stale_after_seconds,
+       CASE WHEN now() - j.last_call_at > j.stale_after THEN 'stale'
+            WHEN j.last_success_at IS NULL
+                 OR now() - j.last_success_at > j.stale_after THEN 'failing'
+            ELSE 'ok'
+       END AS status
+FROM judged j;
 COMMENT ON VIEW tracksolid.v_ingestion_health IS
-    'Is data flowing: Open API calls per method in the last hour, failures, '
-    'records, 95th percentile latency, last success and the newest fix received.';
+    'Is data flowing: every Open API method called in the last 7 days with its '
+    'calls, failures, records and 95th percentile latency in the last hour, its '
+    'last call and last success (NULL: none in 7 days), seconds since the last '
+    'call, and status: stale (no call for three of its usual intervals, at least '
+    '15 minutes), failing (called, but no success for as long) or ok; and the '
+    'newest fix received. A method silent for over 7 days is no longer listed.';
 
 CREATE VIEW tracksolid.v_vehicles_not_moved_today AS
 SELECT d.imei,
