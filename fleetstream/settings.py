@@ -142,6 +142,11 @@ class Settings(BaseSettings):
     # once PostgreSQL reports its WAL flushed. Switch off where a commit must
     # also wait for synchronous standbys (synchronous_standby_names).
     sink_async_commit: bool = True
+    # Every sink's counters as Prometheus text at http://host:port/metrics; 0
+    # serves nothing. Off by default: several sink processes may share a host,
+    # and one fixed port would stop all but the first at start.
+    sink_metrics_port: int = Field(0, ge=0, le=65535)
+    sink_metrics_host: str = "127.0.0.1"
 
     # API
     api_host: str = "0.0.0.0"

@@ -8,6 +8,7 @@ import logging
 from fleetstream.errors import ConfigError
 from fleetstream.runtime import run_until_stopped
 from fleetstream.settings import Settings
+from sinks import metrics
 from sinks.kinds import SINKS, SinkSpec
 from sinks.sink import Sink
 
@@ -20,16 +21,22 @@ async def run_sinks(
     """Run every sink until ``stop`` is set; a sink that fails stops the others.
 
     A permanent configuration error is raised as the one ``ConfigError`` it is,
-    however many sinks met it, so the command exits with one line.
+    however many sinks met it, so the command exits with one line. With
+    ``sink_metrics_port`` set, the sinks' counters are served over HTTP
+    meanwhile (``sinks.metrics``); a port that cannot be bound is such an
+    error, raised before any sink starts.
     """
     running = [Sink(settings, sink) for sink in sinks]
-    logger.info("starting %d sinks: %s", len(running), [s.spec.kind for s in running])
-    try:
-        async with asyncio.TaskGroup() as group:
-            for sink in running:
-                group.create_task(sink.run(stop), name=f"sink-{sink.spec.kind}")
-    except* ConfigError as errors:
-        raise errors.exceptions[0] from None
+    async with metrics.serving(settings, running):
+        logger.info(
+            "starting %d sinks: %s", len(running), [s.spec.kind for s in running]
+        )
+        try:
+            async with asyncio.TaskGroup() as group:
+                for sink in running:
+                    group.create_task(sink.run(stop), name=f"sink-{sink.spec.kind}")
+        except* ConfigError as errors:
+            raise errors.exceptions[0] from None
     return running
 
 

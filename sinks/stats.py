@@ -1,4 +1,4 @@
-"""Counters of one sink, read by tests and logged as one line now and then."""
+"""Counters of one sink: logged as one line now and then, served as metrics."""
 
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ class SinkStats:
     # time.monotonic() when the first batch began and the last one committed.
     first_batch_at: float | None = None
     last_commit_at: float | None = None
+    # time.time() of the last commit: the wall clock a scraper compares with.
+    last_commit_time: float | None = None
 
     def observe_batch(
         self, records: int, rows: dict[str, int], dead: int, started: float
@@ -42,6 +44,7 @@ class SinkStats:
         if self.first_batch_at is None:
             self.first_batch_at = started
         self.last_commit_at = now
+        self.last_commit_time = time.time()
         self.batches += 1
         self.records += records
         for table, count in rows.items():
