@@ -492,6 +492,7 @@ async def test_summaries_and_fleet_views(fleet):
         "idle": 1,
         "parked": 0,
         "offline": 1,
+        "never_reported": 0,
     }
     assert {r["cost_centre"]: r["vehicles"] for r in centres} == {
         "Nairobi Dairy": 2,
