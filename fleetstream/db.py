@@ -7,6 +7,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from fleetstream.errors import FleetstreamError
+
 logger = logging.getLogger(__name__)
 
 
@@ -16,14 +18,36 @@ def with_database(url: str, database: str) -> str:
     return urlunsplit(parts._replace(path=f"/{database}"))
 
 
+def server_address(url: str) -> str:
+    """Return ``host:port/database`` of ``url``, without user or password."""
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    return f"{host}:{parts.port or 5432}/{database_name(url)}"
+
+
 def database_name(url: str) -> str:
     return urlsplit(url).path.lstrip("/") or "postgres"
+
+
+class DatabaseUnreachable(FleetstreamError):
+    """No PostgreSQL answered at the configured address."""
+
+
+async def connect(url: str, **options) -> asyncpg.Connection:
+    """Return a connection to ``url``; a server that cannot be reached raises
+    ``DatabaseUnreachable`` naming it, without its user or password."""
+    try:
+        return await asyncpg.connect(url, **options)
+    except OSError as exc:
+        raise DatabaseUnreachable(
+            f"cannot reach PostgreSQL at {server_address(url)}: {exc}"
+        ) from exc
 
 
 async def ensure_database(url: str) -> None:
     """Create the database named in ``url`` when the server lacks it."""
     name = database_name(url)
-    conn = await asyncpg.connect(with_database(url, "postgres"))
+    conn = await connect(with_database(url, "postgres"))
     try:
         exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname=$1", name)
         if not exists:

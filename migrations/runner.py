@@ -29,7 +29,7 @@ from pathlib import Path
 
 import asyncpg
 
-from fleetstream.db import database_name, ensure_database, with_database
+from fleetstream.db import connect, database_name, ensure_database, with_database
 from fleetstream.errors import FleetstreamError
 
 logger = logging.getLogger(__name__)
@@ -324,9 +324,7 @@ async def migrate(
     server_settings = {"timezone": "UTC", "application_name": "fleetstream-migrate"}
     # No statement cache: PGlite shares one session between successive connections,
     # so cached statement names of an earlier connection would collide.
-    conn = await asyncpg.connect(
-        url, server_settings=server_settings, statement_cache_size=0
-    )
+    conn = await connect(url, server_settings=server_settings, statement_cache_size=0)
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
         try:
@@ -345,7 +343,7 @@ async def plan_new_database(url: str, root: Path = ROOT) -> list[str]:
     database gets. Like the dry run of an existing database, the plan assumes
     an offered extension also loads.
     """
-    conn = await asyncpg.connect(
+    conn = await connect(
         with_database(url, "postgres"),
         server_settings={"application_name": "fleetstream-migrate"},
         statement_cache_size=0,

@@ -112,3 +112,18 @@ async def test_up_to_date_is_said_when_only_partition_upkeep_is_left(
     assert status == 0, stderr[-3000:]
     assert pending[0] == "would run versioned 0001_schemas.sql"
     assert not any("up to date" in line for line in pending)
+
+
+async def test_an_unreachable_server_is_one_line_without_the_password():
+    from fleetstream.embedded import free_port
+
+    url = f"postgresql://fleet:s3cret-pw@127.0.0.1:{free_port()}/fleet"
+    for args in ((), ("--dry-run",)):
+        status, lines, stderr = await migrate_command(url, *args)
+        assert status == 2
+        assert lines == []
+        assert len(stderr.splitlines()) == 1, stderr
+        assert stderr.startswith(
+            "fleetstream migrate: cannot reach PostgreSQL at 127.0.0.1:"
+        )
+        assert "s3cret-pw" not in stderr and "Traceback" not in stderr
