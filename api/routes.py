@@ -27,6 +27,17 @@ MAX_TRACK_HOURS = 168
 MAX_RANGE_DAYS = 93
 DEFAULT_RANGE_DAYS = 7
 MAX_TRIPS = 5000
+TRIPS_FOR_MAP = (
+    "reporting.fn_trips_for_map($1, $2, $3, $4,"
+    " $5::timestamptz AT TIME ZONE tracksolid.fleet_timezone(),"
+    " $6::timestamptz AT TIME ZONE tracksolid.fleet_timezone())"
+)
+# Totals of every trip matching the filters, shown beside the map.
+SUMMARY = (
+    "count(*) AS trips, count(DISTINCT imei) AS vehicles,"
+    " round(coalesce(sum(distance_km), 0)::numeric, 3)::float8 AS distance_km,"
+    " coalesce(sum(duration_s), 0)::int8 AS driving_seconds"
+)
 # Filter lists of the fleet map: view and the order its rows are listed in.
 FILTER_VIEWS = {
     "vehicles": ("reporting.v_filter_vehicles", "vehicle_number_norm NULLS LAST, imei"),
@@ -199,39 +210,33 @@ async def fleet_dashboard(request: Request, query: FleetQuery) -> dict[str, Any]
         zone = ZoneInfo(await conn.fetchval("SELECT tracksolid.fleet_timezone()"))
         start, end = query.window(datetime.now(UTC), zone)
         # The function takes wall-clock times of the fleet's zone.
-        rows = await conn.fetch(
-            "SELECT * FROM reporting.fn_trips_for_map($1, $2, $3, $4,"
-            " $5::timestamptz AT TIME ZONE tracksolid.fleet_timezone(),"
-            " $6::timestamptz AT TIME ZONE tracksolid.fleet_timezone())"
-            " ORDER BY start_time, trip_id LIMIT $7",
+        arguments = (
             query.vehicles or None,
             query.driver,
             query.cost_centre,
             query.city,
             start,
             end,
+        )
+        rows = await conn.fetch(
+            f"SELECT * FROM {TRIPS_FOR_MAP} ORDER BY start_time, trip_id LIMIT $7",
+            *arguments,
             MAX_TRIPS + 1,
+        )
+        # The map draws at most MAX_TRIPS trips; the figures count them all.
+        summary = dict(
+            await conn.fetchrow(f"SELECT {SUMMARY} FROM {TRIPS_FOR_MAP}", *arguments)
         )
         filters = {}
         for name, (view, order) in FILTER_VIEWS.items():
             filters[name] = json_rows(
                 await conn.fetch(f"SELECT * FROM {view} ORDER BY {order}")
             )
-    trips = json_rows(rows[:MAX_TRIPS])
     return {
         "start": utc_iso(start),
         "end": utc_iso(end),
-        "trips": trips,
+        "trips": json_rows(rows[:MAX_TRIPS]),
         "truncated": len(rows) > MAX_TRIPS,
-        "summary": _summary(trips),
+        "summary": summary,
         "filters": filters,
-    }
-
-
-def _summary(trips: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "trips": len(trips),
-        "vehicles": len({trip.get("imei") for trip in trips}),
-        "distance_km": round(sum(trip.get("distance_km") or 0 for trip in trips), 3),
-        "driving_seconds": sum(trip.get("duration_s") or 0 for trip in trips),
     }

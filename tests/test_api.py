@@ -240,6 +240,24 @@ async def test_track_rejects_a_plate_without_characters(client):
     assert "no letters or digits" in response.json()["detail"][0]["msg"]
 
 
+async def test_fleet_dashboard_totals_count_trips_the_map_leaves_out(
+    client, monkeypatch
+):
+    monkeypatch.setattr("api.routes.MAX_TRIPS", 2)
+
+    response = await client.post("/webhook/fleet-dashboard", json=ALL_NOV)
+
+    assert trip_ids(response) == ["t1", "t2"]
+    body = response.json()
+    assert body["truncated"] is True
+    assert body["summary"] == {
+        "trips": 4,
+        "vehicles": 3,
+        "distance_km": 55.75,
+        "driving_seconds": 9300,
+    }
+
+
 def trip_ids(response: httpx.Response) -> list[str]:
     assert response.status_code == 200, response.text
     return [trip["trip_id"] for trip in response.json()["trips"]]
