@@ -26,11 +26,12 @@ TRIPS_VIEW = "reporting.v_trips"
 # TimescaleDB it is the aggregate itself, kept up to date by a policy, and the
 # refresh function is a no-op that the loop does not call.
 MILEAGE_TABLE = "tracksolid.v_mileage_daily_cagg"
-MILEAGE_REFRESH = "tracksolid.refresh_mileage_daily(timestamptz,timestamptz)"
-# Local days touching the last day are recomputed, so fixes that arrive late
-# (buffered by a device out of coverage) still count. Days older than that, e.g.
-# after a backfill, need ``SELECT tracksolid.refresh_mileage_daily(from, to)``.
-MILEAGE_LOOKBACK_DAYS = 1
+# Recomputes today and yesterday, and every device-day of the last 30 days that
+# received a fix since the previous run, as the continuous aggregate's policy
+# does, so that fixes arriving days late (buffered by a device out of coverage)
+# still count. Older days, e.g. after a backfill, need
+# ``SELECT tracksolid.refresh_mileage_daily(from, to)``.
+MILEAGE_REFRESH = "tracksolid.refresh_mileage_daily_changes(interval,interval)"
 # Creates the coming months' partitions on plain PostgreSQL; a no-op on TimescaleDB.
 PARTITION_MAINTENANCE = "tracksolid.ensure_partitions(interval)"
 
@@ -100,9 +101,7 @@ async def _refresh_all(conn: asyncpg.Connection) -> list[RefreshRun]:
             await _run(
                 conn,
                 MILEAGE_TABLE,
-                "SELECT tracksolid.refresh_mileage_daily("
-                "now() - make_interval(days => $1), NULL)",
-                MILEAGE_LOOKBACK_DAYS,
+                "SELECT tracksolid.refresh_mileage_daily_changes()",
             )
         )
     if await _exists(conn, PARTITION_MAINTENANCE):

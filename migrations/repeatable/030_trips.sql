@@ -6,13 +6,23 @@
 -- overlaps it in time and ranks higher: platform before stream (the platform's
 -- distance comes from the device odometer), then the most recently written, then
 -- the larger trip_id. A trip's span is [start_time, end_time), at least one
--- second long, and an open trip (end_time null) spans one second; span_end is
--- its end, stored so that range queries can use an index.
+-- second long; span_end is its end, stored so that range queries can use an
+-- index.
+--
+-- An open trip (end_time null: a drive still in progress) spans up to where it
+-- has been seen, tracksolid.open_trip_end, and its duration_s is the time from
+-- its start to there. Both sides of the overlap rule use that span, so an open
+-- trip hides, and is hidden by, what overlaps the part of it already driven.
+-- The view is as fresh as its last refresh, so an open trip's span lags the
+-- device by up to one refresh interval.
 --
 -- (SELECT tracksolid.fleet_timezone()) rather than a bare call: the subquery is
 -- evaluated once per query, the function once per row.
 DROP MATERIALIZED VIEW IF EXISTS reporting.v_trips CASCADE;
 
+-- The second is added in UTC because timestamptz + interval is only STABLE: with
+-- every operator immutable the planner inlines the function, which makes the
+-- overlap rule several times cheaper to evaluate than a call per pair of trips.
 CREATE OR REPLACE FUNCTION tracksolid.trip_span(
     start_time timestamptz, end_time timestamptz
 ) RETURNS tstzrange
@@ -20,7 +30,28 @@ CREATE OR REPLACE FUNCTION tracksolid.trip_span(
     AS $$
 SELECT tstzrange(start_time,
                  greatest(coalesce(end_time, start_time),
-                          start_time + interval '1 second'))
+                          ((start_time AT TIME ZONE 'UTC') + interval '1 second')
+                              AT TIME ZONE 'UTC'))
+$$;
+
+-- Where an open trip has got to: the device's latest fix, but no later than the
+-- next trip that the same source started for the device, because one source's
+-- trips of a vehicle follow one another. NULL when neither is known; the span
+-- is then one second. A device that went silent bounds the trip at its last
+-- fix. A trip that its writer never closed, on a device that keeps reporting,
+-- grows until its source's next trip or, without one, with every fix.
+CREATE OR REPLACE FUNCTION tracksolid.open_trip_end(
+    imei text, source text, start_time timestamptz
+) RETURNS timestamptz
+    LANGUAGE sql STABLE PARALLEL SAFE
+    AS $$
+SELECT least(
+    (SELECT lp.gps_time FROM tracksolid.live_positions lp
+     WHERE lp.imei = open_trip_end.imei),
+    (SELECT min(n.start_time) FROM tracksolid.trips n
+     WHERE n.imei = open_trip_end.imei
+       AND n.source = open_trip_end.source
+       AND n.start_time > open_trip_end.start_time))
 $$;
 
 CREATE MATERIALIZED VIEW reporting.v_trips AS
@@ -38,29 +69,42 @@ SELECT t.trip_id,
        t.end_time,
        (t.start_time AT TIME ZONE (SELECT tracksolid.fleet_timezone()))::date
            AS trip_date,
-       upper(tracksolid.trip_span(t.start_time, t.end_time)) AS span_end,
+       upper(tracksolid.trip_span(t.start_time, s.seen_end)) AS span_end,
        t.start_lat,
        t.start_lng,
        t.end_lat,
        t.end_lng,
        t.distance_km,
-       coalesce(t.duration_s,
-                extract(epoch FROM t.end_time - t.start_time)::integer) AS duration_s,
+       CASE WHEN t.end_time IS NULL
+            THEN extract(epoch FROM greatest(s.seen_end, t.start_time)
+                                    - t.start_time)::integer
+            ELSE coalesce(t.duration_s,
+                          extract(epoch FROM t.end_time - t.start_time)::integer)
+       END AS duration_s,
        t.max_speed_kmh,
        t.avg_speed_kmh,
        t.source,
        t.distance_source,
        t.updated_at
 FROM tracksolid.trips t
+-- coalesce calls open_trip_end for open trips only.
+CROSS JOIN LATERAL (
+    SELECT coalesce(t.end_time,
+                    tracksolid.open_trip_end(t.imei, t.source, t.start_time))
+               AS seen_end
+) s
 LEFT JOIN tracksolid.devices d ON d.imei = t.imei
 WHERE NOT EXISTS (
     SELECT 1
     FROM tracksolid.trips o
     WHERE o.imei = t.imei
       AND o.trip_id <> t.trip_id
-      AND o.start_time < upper(tracksolid.trip_span(t.start_time, t.end_time))
-      AND tracksolid.trip_span(o.start_time, o.end_time)
-          && tracksolid.trip_span(t.start_time, t.end_time)
+      AND o.start_time < upper(tracksolid.trip_span(t.start_time, s.seen_end))
+      AND tracksolid.trip_span(
+              o.start_time,
+              coalesce(o.end_time,
+                       tracksolid.open_trip_end(o.imei, o.source, o.start_time)))
+          && tracksolid.trip_span(t.start_time, s.seen_end)
       AND (o.source = 'platform', o.updated_at, o.trip_id)
           > (t.source = 'platform', t.updated_at, t.trip_id)
 );

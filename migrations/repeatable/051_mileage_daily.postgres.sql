@@ -1,6 +1,7 @@
 -- tracksolid.v_mileage_daily_cagg on plain PostgreSQL: a table with the columns of
--- the TimescaleDB continuous aggregate, filled by tracksolid.refresh_mileage_daily,
--- which the API's refresh loop calls for the recent days.
+-- the TimescaleDB continuous aggregate. The API's refresh loop keeps it up to date
+-- with tracksolid.refresh_mileage_daily_changes; tracksolid.refresh_mileage_daily
+-- recomputes a range of days by hand (a backfill, fixes older than 30 days).
 --
 -- Each local day sums the steps between its own fixes (a bucket of the
 -- continuous aggregate sees no fix of the day before), while the stream shares
@@ -39,33 +40,37 @@ BEGIN
     CREATE INDEX v_mileage_daily_cagg_day_start
         ON tracksolid.v_mileage_daily_cagg (day_start);
     EXECUTE format('COMMENT ON TABLE tracksolid.v_mileage_daily_cagg IS %L', marker);
+    -- The days that earlier runs took in are gone with the old table: the next
+    -- run of refresh_mileage_daily_changes must fill the whole window again.
+    IF EXISTS (SELECT 1 FROM reporting.refresh_log
+               WHERE relation = 'tracksolid.v_mileage_daily_cagg'
+                 AND received_before IS NOT NULL) THEN
+        INSERT INTO reporting.refresh_log (relation, started_at, finished_at,
+                                           row_count, received_before)
+        VALUES ('tracksolid.v_mileage_daily_cagg', now(), now(), 0, '-infinity');
+    END IF;
 END $$;
 
--- Recompute the local days that touch [from_time, to_time); NULL bounds reach the
--- first and last fix. Returns the number of device-days written.
-CREATE OR REPLACE FUNCTION tracksolid.refresh_mileage_daily(
-    from_time timestamptz DEFAULT NULL, to_time timestamptz DEFAULT NULL
+-- Recompute the device-days of [lo, hi), local midnights, of every device or of
+-- those in imeis. Returns the number of device-days written.
+CREATE OR REPLACE FUNCTION tracksolid.recompute_mileage_daily(
+    lo timestamptz, hi timestamptz, imeis text[] DEFAULT NULL
 ) RETURNS bigint
     LANGUAGE plpgsql
     -- Two days of a large fleet are sorted in memory rather than on disk.
     SET work_mem = '128MB'
+    -- Planned for each call's own days and devices: a plan cached for every
+    -- device would read a whole day to recompute one device of it.
+    SET plan_cache_mode = force_custom_plan
     AS $$
 DECLARE
     zone text := tracksolid.fleet_timezone();
     gap double precision := tracksolid.max_fix_gap_seconds();
-    started timestamptz := clock_timestamp();
-    lo timestamptz;
-    hi timestamptz;
     written bigint;
 BEGIN
-    lo := date_trunc('day', coalesce(from_time, '-infinity') AT TIME ZONE zone)
-          AT TIME ZONE zone;
-    hi := CASE WHEN to_time IS NULL THEN 'infinity'::timestamptz
-               ELSE (date_trunc('day', (to_time - interval '1 microsecond')
-                                       AT TIME ZONE zone) + interval '1 day')
-                    AT TIME ZONE zone END;
     DELETE FROM tracksolid.v_mileage_daily_cagg
-    WHERE day_start >= lo AND day_start < hi;
+    WHERE day_start >= lo AND day_start < hi
+      AND (imeis IS NULL OR imei = ANY (imeis));
     -- Set-based rather than through tracksolid.path_km: the same steps and rule,
     -- several times faster. Partitioning by pos_type = 'GPS' makes each GPS
     -- fix's previous fix the previous GPS fix of the same day. A positive
@@ -113,6 +118,7 @@ BEGIN
                            AT TIME ZONE zone AS day_start
                 FROM tracksolid.position_history
                 WHERE gps_time >= lo AND gps_time < hi
+                  AND (imeis IS NULL OR imei = ANY (imeis))
             ) fixes
             WINDOW w AS (PARTITION BY imei, day_start, is_gps ORDER BY gps_time)
         ) pairs
@@ -122,7 +128,98 @@ BEGIN
     ) steps
     GROUP BY imei, day_start;
     GET DIAGNOSTICS written = ROW_COUNT;
+    RETURN written;
+END $$;
+
+-- Recompute the local days that touch [from_time, to_time); NULL bounds reach the
+-- first and last fix. Returns the number of device-days written.
+CREATE OR REPLACE FUNCTION tracksolid.refresh_mileage_daily(
+    from_time timestamptz DEFAULT NULL, to_time timestamptz DEFAULT NULL
+) RETURNS bigint
+    LANGUAGE plpgsql AS $$
+DECLARE
+    zone text := tracksolid.fleet_timezone();
+    started timestamptz := clock_timestamp();
+    lo timestamptz;
+    hi timestamptz;
+    written bigint;
+BEGIN
+    lo := date_trunc('day', coalesce(from_time, '-infinity') AT TIME ZONE zone)
+          AT TIME ZONE zone;
+    hi := CASE WHEN to_time IS NULL THEN 'infinity'::timestamptz
+               ELSE (date_trunc('day', (to_time - interval '1 microsecond')
+                                       AT TIME ZONE zone) + interval '1 day')
+                    AT TIME ZONE zone END;
+    written := tracksolid.recompute_mileage_daily(lo, hi);
     INSERT INTO reporting.refresh_log (relation, started_at, finished_at, row_count)
     VALUES ('tracksolid.v_mileage_daily_cagg', started, clock_timestamp(), written);
+    RETURN written;
+END $$;
+
+-- Take in the fixes received since the last run, as the continuous aggregate
+-- does on TimescaleDB: recompute today and yesterday (local days) whole, and,
+-- within the last `lookback`, each older device-day that received a fix. Late
+-- fixes (a device buffering out of coverage, a re-upload) thus reach the daily
+-- figures at the next run. Returns the number of device-days written.
+--
+-- A fix counts as new when its received_at is at least the previous run's
+-- start less `overlap`. The margin covers fixes committed after that run read
+-- the table although received before it started: a transaction in flight, or
+-- the pipeline's lag from receiving a fix to committing it. A fix dated before
+-- yesterday and committed more than `overlap` after it was received (a
+-- pipeline backlog longer than that) is missed, as is one older than
+-- `lookback`: refresh_mileage_daily(from, to) takes those in.
+CREATE OR REPLACE FUNCTION tracksolid.refresh_mileage_daily_changes(
+    lookback interval DEFAULT interval '30 days',
+    overlap interval DEFAULT interval '1 hour'
+) RETURNS bigint
+    LANGUAGE plpgsql
+    SET work_mem = '128MB'
+    -- The search for changed days is planned for its own bounds, so that the
+    -- index on received_at is weighed against the rows it would really skip.
+    SET plan_cache_mode = force_custom_plan
+    AS $$
+DECLARE
+    zone text := tracksolid.fleet_timezone();
+    started timestamptz := clock_timestamp();
+    window_lo timestamptz := date_trunc('day', (now() - lookback) AT TIME ZONE zone)
+                             AT TIME ZONE zone;
+    recent_lo timestamptz := date_trunc('day', (now() - interval '1 day')
+                                               AT TIME ZONE zone) AT TIME ZONE zone;
+    since timestamptz;
+    touched_day timestamptz;
+    imeis text[];
+    written bigint;
+BEGIN
+    -- No earlier run, or a rebuilt table: every device-day of the window.
+    SELECT coalesce(max(received_before), '-infinity') - overlap INTO since
+    FROM (SELECT received_before FROM reporting.refresh_log
+          WHERE relation = 'tracksolid.v_mileage_daily_cagg'
+            AND ok AND received_before IS NOT NULL
+          ORDER BY started_at DESC, id DESC
+          LIMIT 1) latest;
+    written := tracksolid.recompute_mileage_daily(recent_lo, 'infinity');
+    FOR touched_day, imeis IN
+        SELECT day_start, array_agg(imei)
+        FROM (
+            SELECT DISTINCT imei,
+                   date_trunc('day', gps_time AT TIME ZONE zone) AT TIME ZONE zone
+                       AS day_start
+            FROM tracksolid.position_history
+            WHERE received_at >= since
+              AND gps_time >= window_lo AND gps_time < recent_lo
+        ) touched
+        GROUP BY day_start
+        ORDER BY day_start
+    LOOP
+        written := written + tracksolid.recompute_mileage_daily(
+            touched_day,
+            ((touched_day AT TIME ZONE zone) + interval '1 day') AT TIME ZONE zone,
+            imeis);
+    END LOOP;
+    INSERT INTO reporting.refresh_log (relation, started_at, finished_at, row_count,
+                                       received_before)
+    VALUES ('tracksolid.v_mileage_daily_cagg', started, clock_timestamp(), written,
+            started);
     RETURN written;
 END $$;

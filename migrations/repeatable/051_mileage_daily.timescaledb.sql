@@ -43,15 +43,23 @@ BEGIN
                    AS gps_km,
                min(odometer_m) FILTER (WHERE odometer_m > 0) AS odometer_min_m,
                -- The lowest and highest [epoch, metres] pair of the positive
-               -- readings are the day's earliest and latest.
-               (min(ARRAY[extract(epoch FROM gps_time)::double precision, odometer_m])
+               -- readings are the day's earliest and latest. The seconds are
+               -- taken of the interval since 'epoch' (1970-01-01 00:00 UTC), the
+               -- same number as extract(epoch FROM gps_time): that form is only
+               -- STABLE, and TimescaleDB before 2.20 refuses a continuous
+               -- aggregate that calls anything not IMMUTABLE.
+               (min(ARRAY[extract(epoch FROM gps_time - timestamptz 'epoch')
+                              ::double precision, odometer_m])
                    FILTER (WHERE odometer_m > 0))[2] AS odometer_first_m,
-               (max(ARRAY[extract(epoch FROM gps_time)::double precision, odometer_m])
+               (max(ARRAY[extract(epoch FROM gps_time - timestamptz 'epoch')
+                              ::double precision, odometer_m])
                    FILTER (WHERE odometer_m > 0))[2] AS odometer_last_m,
-               (max(ARRAY[extract(epoch FROM gps_time)::double precision, odometer_m])
+               (max(ARRAY[extract(epoch FROM gps_time - timestamptz 'epoch')
+                              ::double precision, odometer_m])
                    FILTER (WHERE odometer_m > 0))[1]
-                   - (min(ARRAY[extract(epoch FROM gps_time)::double precision,
-                                odometer_m]) FILTER (WHERE odometer_m > 0))[1]
+                   - (min(ARRAY[extract(epoch FROM gps_time - timestamptz 'epoch')
+                                    ::double precision, odometer_m])
+                      FILTER (WHERE odometer_m > 0))[1]
                    AS odometer_span_s
         FROM tracksolid.position_history
         GROUP BY imei, time_bucket(interval '1 day', gps_time, %1$L)
@@ -64,9 +72,15 @@ BEGIN
         schedule_interval => interval '15 minutes');
 END $$;
 
--- The continuous aggregate refreshes itself; nothing to do here. Kept so that the
--- API's refresh loop works on either flavour.
+-- The continuous aggregate refreshes itself; nothing to do in these two. Kept so
+-- that the refresh functions of plain PostgreSQL can be called on either flavour.
 CREATE OR REPLACE FUNCTION tracksolid.refresh_mileage_daily(
     from_time timestamptz DEFAULT NULL, to_time timestamptz DEFAULT NULL
+) RETURNS bigint
+    LANGUAGE sql AS $$ SELECT 0::bigint $$;
+
+CREATE OR REPLACE FUNCTION tracksolid.refresh_mileage_daily_changes(
+    lookback interval DEFAULT interval '30 days',
+    overlap interval DEFAULT interval '1 hour'
 ) RETURNS bigint
     LANGUAGE sql AS $$ SELECT 0::bigint $$;
