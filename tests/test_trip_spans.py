@@ -236,3 +236,38 @@ async def test_trip_span_is_inlined_into_the_queries_that_use_it(db):
     text = "\n".join(row[0] for row in plan)
     assert "tstzrange(" in text
     assert "trip_span" not in text
+
+
+async def test_a_long_trip_hides_every_trip_within_it_across_gaps(db):
+    # A platform trip of 22:00-02:00 local spans three stream trips with gaps
+    # between them; a stream trip after it, and one before it, stay.
+    hour = timedelta(hours=1)
+    written = START + 10 * hour
+    long_id = await add_trip(db, START, START + 4 * hour, "platform", written)
+    inside = [
+        await add_trip(
+            db,
+            START + k * hour,
+            START + k * hour + 600 * timedelta(seconds=1),
+            "stream",
+            written,
+        )
+        for k in (0, 1, 3)
+    ]
+    before = await add_trip(db, START - 2 * hour, START - hour, "stream", written)
+    touching = await add_trip(db, START + 4 * hour, START + 5 * hour, "stream", written)
+    # Two platform copies of one drive, a second apart: the later written wins.
+    copy = await add_trip(db, START + 6 * hour, START + 7 * hour, "platform", written)
+    newer = await add_trip(
+        db,
+        START + 6 * hour + timedelta(seconds=1),
+        START + 7 * hour,
+        "platform",
+        written + hour,
+    )
+    await refresh(db)
+
+    shown = set(await visible(db, "2026-03-09 00:00", "2026-03-13 00:00"))
+
+    assert shown == {long_id, before, touching, newer}
+    assert not shown & {*inside, copy}

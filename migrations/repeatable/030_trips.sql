@@ -55,6 +55,31 @@ SELECT least(
 $$;
 
 CREATE MATERIALIZED VIEW reporting.v_trips AS
+-- Only trips of one island can overlap: an island is a run of a device's trips,
+-- in start order, each starting before the furthest end of those before it.
+-- Comparing the trips of each island rather than every pair of a device's trips
+-- keeps the refresh proportional to the trips, however long the history.
+WITH seen AS (
+    -- coalesce calls open_trip_end for open trips only.
+    SELECT t.*,
+           coalesce(t.end_time,
+                    tracksolid.open_trip_end(t.imei, t.source, t.start_time))
+               AS seen_end
+    FROM tracksolid.trips t
+), spans AS (
+    SELECT s.*,
+           tracksolid.trip_span(s.start_time, s.seen_end) AS span,
+           max(upper(tracksolid.trip_span(s.start_time, s.seen_end))) OVER (
+               PARTITION BY s.imei ORDER BY s.start_time, s.trip_id
+               ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS reach_before
+    FROM seen s
+), islands AS (
+    SELECT p.*,
+           count(*) FILTER (WHERE p.reach_before IS NULL
+                                  OR p.reach_before <= p.start_time) OVER (
+               PARTITION BY p.imei ORDER BY p.start_time, p.trip_id) AS island
+    FROM spans p
+)
 SELECT t.trip_id,
        t.imei,
        coalesce(d.vehicle_number, t.vehicle_number) AS vehicle_number,
@@ -69,14 +94,14 @@ SELECT t.trip_id,
        t.end_time,
        (t.start_time AT TIME ZONE (SELECT tracksolid.fleet_timezone()))::date
            AS trip_date,
-       upper(tracksolid.trip_span(t.start_time, s.seen_end)) AS span_end,
+       upper(t.span) AS span_end,
        t.start_lat,
        t.start_lng,
        t.end_lat,
        t.end_lng,
        t.distance_km,
        CASE WHEN t.end_time IS NULL
-            THEN extract(epoch FROM greatest(s.seen_end, t.start_time)
+            THEN extract(epoch FROM greatest(t.seen_end, t.start_time)
                                     - t.start_time)::integer
             ELSE coalesce(t.duration_s,
                           extract(epoch FROM t.end_time - t.start_time)::integer)
@@ -86,25 +111,15 @@ SELECT t.trip_id,
        t.source,
        t.distance_source,
        t.updated_at
-FROM tracksolid.trips t
--- coalesce calls open_trip_end for open trips only.
-CROSS JOIN LATERAL (
-    SELECT coalesce(t.end_time,
-                    tracksolid.open_trip_end(t.imei, t.source, t.start_time))
-               AS seen_end
-) s
+FROM islands t
 LEFT JOIN tracksolid.devices d ON d.imei = t.imei
 WHERE NOT EXISTS (
     SELECT 1
-    FROM tracksolid.trips o
+    FROM islands o
     WHERE o.imei = t.imei
+      AND o.island = t.island
       AND o.trip_id <> t.trip_id
-      AND o.start_time < upper(tracksolid.trip_span(t.start_time, s.seen_end))
-      AND tracksolid.trip_span(
-              o.start_time,
-              coalesce(o.end_time,
-                       tracksolid.open_trip_end(o.imei, o.source, o.start_time)))
-          && tracksolid.trip_span(t.start_time, s.seen_end)
+      AND o.span && t.span
       AND (o.source = 'platform', o.updated_at, o.trip_id)
           > (t.source = 'platform', t.updated_at, t.trip_id)
 );
