@@ -122,7 +122,11 @@ WHERE NOT EXISTS (
       AND o.span && t.span
       AND (o.source = 'platform', o.updated_at, o.trip_id)
           > (t.source = 'platform', t.updated_at, t.trip_id)
-);
+)
+-- Stored in start order, the order fn_trips_for_map returns: the planner then
+-- reads a range through ix_v_trips_start_time instead of sorting it. A
+-- concurrent refresh appends new trips, mostly the latest, so the order holds.
+ORDER BY t.start_time, t.trip_id;
 
 CREATE UNIQUE INDEX ix_v_trips_trip_id ON reporting.v_trips (trip_id);
 CREATE INDEX ix_v_trips_start_time ON reporting.v_trips (start_time);
