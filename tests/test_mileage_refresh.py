@@ -1,9 +1,9 @@
 """Daily mileage on plain PostgreSQL takes in fixes that arrive days late.
 
-The refresh loop calls tracksolid.refresh_mileage_daily_changes: today and
-yesterday are recomputed whole, and each older device-day of the last 30 days
-that received a fix since the previous run (by position_history.received_at,
-less a safety overlap) is recomputed on its own. Days are local days of the
+The refresh loop calls tracksolid.refresh_mileage_daily_changes: each
+device-day of the last 30 days that received a fix since the previous run (by
+position_history.received_at, less a safety overlap) is recomputed on its own,
+today's as any other. Days are local days of the
 fleet zone, Africa/Nairobi; every date here is relative to today.
 """
 
@@ -97,6 +97,8 @@ async def test_each_touched_device_day_is_recomputed_and_nothing_between(db):
     await mark_stale(db)
     await add_fixes(db, D1, days_ago=6, count=2, at="12:00", late=True)
     await add_fixes(db, D1, days_ago=3, count=2, at="12:00", late=True)
+    # Today's fixes streaming in.
+    await add_fixes(db, D2, days_ago=0, count=3, at="00:00", late=True)
 
     written = await db.fetchval(CHANGES)
 
@@ -106,8 +108,9 @@ async def test_each_touched_device_day_is_recomputed_and_nothing_between(db):
     assert await day_fixes(db, D1, 5) == -1
     assert await day_fixes(db, D1, 4) == -1
     assert await day_fixes(db, D2, 3) == -1
-    # Yesterday is recomputed on every run, as before.
-    assert await day_fixes(db, D1, 1) == 4
+    # A day that got nothing new, yesterday too, is left as it was.
+    assert await day_fixes(db, D1, 1) == -1
+    assert await day_fixes(db, D2, 0) == 3
     assert written == 3
 
 

@@ -157,18 +157,19 @@ BEGIN
 END $$;
 
 -- Take in the fixes received since the last run, as the continuous aggregate
--- does on TimescaleDB: recompute today and yesterday (local days) whole, and,
--- within the last `lookback`, each older device-day that received a fix. Late
--- fixes (a device buffering out of coverage, a re-upload) thus reach the daily
--- figures at the next run. Returns the number of device-days written.
+-- does on TimescaleDB: recompute each device-day within the last `lookback`
+-- that received a fix, today's of every reporting device as much as a late
+-- fix's (a device buffering out of coverage, a re-upload). A day that got
+-- nothing new is left as it is, so a run costs the days the fleet is driving,
+-- not yesterday again. Returns the number of device-days written.
 --
 -- A fix counts as new when its received_at is at least the previous run's
 -- start less `overlap`. The margin covers fixes committed after that run read
 -- the table although received before it started: a transaction in flight, or
--- the pipeline's lag from receiving a fix to committing it. A fix dated before
--- yesterday and committed more than `overlap` after it was received (a
--- pipeline backlog longer than that) is missed, as is one older than
--- `lookback`: refresh_mileage_daily(from, to) takes those in.
+-- the pipeline's lag from receiving a fix to committing it. A fix committed
+-- more than `overlap` after it was received (a pipeline backlog longer than
+-- that) is missed, as is one older than `lookback`:
+-- refresh_mileage_daily(from, to) takes those in.
 CREATE OR REPLACE FUNCTION tracksolid.refresh_mileage_daily_changes(
     lookback interval DEFAULT interval '30 days',
     overlap interval DEFAULT interval '1 hour'
@@ -184,8 +185,6 @@ DECLARE
     started timestamptz := clock_timestamp();
     window_lo timestamptz := date_trunc('day', (now() - lookback) AT TIME ZONE zone)
                              AT TIME ZONE zone;
-    recent_lo timestamptz := date_trunc('day', (now() - interval '1 day')
-                                               AT TIME ZONE zone) AT TIME ZONE zone;
     since timestamptz;
     touched_day timestamptz;
     imeis text[];
@@ -198,7 +197,7 @@ BEGIN
             AND ok AND received_before IS NOT NULL
           ORDER BY started_at DESC, id DESC
           LIMIT 1) latest;
-    written := tracksolid.recompute_mileage_daily(recent_lo, 'infinity');
+    written := 0;
     FOR touched_day, imeis IN
         SELECT day_start, array_agg(imei)
         FROM (
@@ -207,7 +206,7 @@ BEGIN
                        AS day_start
             FROM tracksolid.position_history
             WHERE received_at >= since
-              AND gps_time >= window_lo AND gps_time < recent_lo
+              AND gps_time >= window_lo
         ) touched
         GROUP BY day_start
         ORDER BY day_start
