@@ -60,6 +60,17 @@ SELECT a.attname, format_type(a.atttypid, a.atttypmod)
 FROM pg_attribute a
 WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped
 """
+# The sink's columns of each target, as they are now.
+TARGET_TYPES = """
+SELECT t.name, a.attname, format_type(a.atttypid, a.atttypmod)
+FROM unnest($1::text[]) AS t (name)
+JOIN pg_attribute a ON a.attrelid = t.name::regclass
+WHERE a.attname = ANY ($2::text[]) AND a.attnum > 0 AND NOT a.attisdropped
+"""
+
+
+class SchemaChanged(ConfigError):
+    """A target's columns differ from those the connection's encoder was made for."""
 
 
 def _on(flag: bool) -> str:
@@ -256,6 +267,14 @@ class BatchWriter:
         self.spec = spec
         self._stage = _Stage(f"fs_stage_{spec.kind}")
         self._plans = [_Plan(t, spec.columns, self._stage) for t in spec.targets]
+        self._tables = [t.table for t in spec.targets]
+        # Taken first in each transaction, the lock COPY and INSERT take anyway:
+        # no ALTER TABLE can then change a column before the batch commits.
+        # ONLY: a partitioned table's columns change only through the parent.
+        self._lock = "LOCK TABLE ONLY {} IN ROW EXCLUSIVE MODE".format(
+            ", ".join(quote(t) for t in self._tables)
+        )
+        self._types: set[tuple[str, str, str]] = set()
 
     async def prepare(self, conn: asyncpg.Connection) -> None:
         """Check the targets' columns and create the staging table."""
@@ -280,6 +299,11 @@ class BatchWriter:
                     hint="give the sink's tables the same column types",
                 )
             types.update((c, found[c]) for c in self.spec.columns)
+        self._types = {
+            (table, column, types[column])
+            for table in self._tables
+            for column in self.spec.columns
+        }
         encoder = CopyEncoder(types)
         for plan in self._plans:
             plan.encoder = encoder
@@ -335,8 +359,7 @@ class BatchWriter:
         self._stage.dirty = False
         try:
             async with conn.transaction():
-                if wait_flush is not None:
-                    await conn.execute(SYNCHRONOUS_COMMIT.format(_on(wait_flush)))
+                await self._begin(conn, wait_flush)
                 ahead = ahead or {}
                 changed = {
                     p.target.table: await p.write(
@@ -351,10 +374,30 @@ class BatchWriter:
         changed = dict.fromkeys((t.table for t in self.spec.targets), 0)
         self._stage.dirty = False
         async with conn.transaction():
-            if wait_flush is not None:
-                await conn.execute(SYNCHRONOUS_COMMIT.format(_on(wait_flush)))
+            await self._begin(conn, wait_flush)
             await self._write_isolating(conn, rows, changed, rejected)
         return changed, rejected
+
+    async def _begin(self, conn: asyncpg.Connection, wait_flush: bool | None) -> None:
+        """Lock the targets and check that their columns are still the types
+        the encoder writes, first thing in a transaction.
+
+        Binary ``COPY`` data carries no types: after an ``ALTER TABLE`` a value
+        of the old type would be refused or, at the same width, read as the
+        new one (a double's bits as a bigint). ``SchemaChanged`` makes the sink
+        connect again and read the new types.
+        """
+        statements = [self._lock]
+        if wait_flush is not None:
+            statements.insert(0, SYNCHRONOUS_COMMIT.format(_on(wait_flush)))
+        await conn.execute("; ".join(statements))
+        found = await conn.fetch(TARGET_TYPES, self._tables, list(self.spec.columns))
+        if {tuple(row) for row in found} != self._types:
+            raise SchemaChanged(
+                f"the columns of {', '.join(self._tables)} changed since the "
+                f"{self.spec.kind} sink connected",
+                hint="the sink connects again and writes the new types",
+            )
 
     async def _write_isolating(
         self,

@@ -229,6 +229,42 @@ async def test_live_position_never_moves_backwards(settings):
     assert await history(settings) == [as_row(late), as_row(position(imei, 10))]
 
 
+async def test_a_column_type_changed_while_the_sink_runs_is_written_as_the_new_type(
+    settings,
+):
+    # Binary COPY carries no types: a double's 8 bytes would read as a bigint's,
+    # and 8 bytes into a real are refused as a whole batch of bad rows.
+    sink = fast(settings, POSITION)
+    await produce(settings, "position", [position(IMEIS[0], 1)])
+    async with running(sink):
+        await until(lambda: sink.stats.records == 1, what="first fix")
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            for table in ("position_history", "live_positions"):
+                await conn.execute(
+                    f"ALTER TABLE tracksolid.{table} "
+                    "ALTER odometer_m TYPE bigint, ALTER altitude_m TYPE real"
+                )
+        finally:
+            await conn.close()
+        later = [position(imei, 2, odometer_m=1.0) for imei in IMEIS]
+        await produce(settings, "position", later)
+        await until(lambda: sink.stats.records == 4, what="fixes after the change")
+
+    stored = await fetch(
+        settings,
+        "SELECT imei, odometer_m, altitude_m FROM tracksolid.position_history "
+        "WHERE gps_time = $1 ORDER BY imei",
+        later[0]["gps_time"],
+    )
+    assert stored == [(imei, 1, 1650.0) for imei in IMEIS]
+    assert await fetch(
+        settings, "SELECT DISTINCT odometer_m FROM tracksolid.live_positions"
+    ) == [(1,)]
+    assert sink.stats.dead_letters == 0
+    assert sink.stats.retries >= 1
+
+
 async def test_device_upsert_keeps_newest_and_operator_columns(settings):
     imei = IMEIS[1]
     await fetch(
