@@ -7,7 +7,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from fleetstream.errors import FleetstreamError
+from fleetstream.errors import ConfigError, FleetstreamError
 
 logger = logging.getLogger(__name__)
 
@@ -19,10 +19,14 @@ def with_database(url: str, database: str) -> str:
 
 
 def server_address(url: str) -> str:
-    """Return ``host:port/database`` of ``url``, without user or password."""
+    """Return ``host:port`` of ``url``, without user or password."""
     parts = urlsplit(url)
     host = parts.hostname or "localhost"
-    return f"{host}:{parts.port or 5432}/{database_name(url)}"
+    try:
+        port = parts.port or 5432
+    except ValueError:
+        port = parts.netloc.rpartition(":")[2]
+    return f"{host}:{port}"
 
 
 def database_name(url: str) -> str:
@@ -34,13 +38,31 @@ class DatabaseUnreachable(FleetstreamError):
 
 
 async def connect(url: str, **options) -> asyncpg.Connection:
-    """Return a connection to ``url``; a server that cannot be reached raises
-    ``DatabaseUnreachable`` naming it, without its user or password."""
+    """Return a connection to ``url``.
+
+    What an operator must fix raises a one-line ``FleetstreamError`` that names
+    the server, never the user's password: no server answering
+    (``DatabaseUnreachable``), a login refused, a URL that is not PostgreSQL's.
+    A missing database propagates as asyncpg's own error, which callers that
+    create it expect.
+    """
     try:
         return await asyncpg.connect(url, **options)
     except OSError as exc:
+        # A timeout's text is empty.
+        reason = str(exc) or type(exc).__name__
         raise DatabaseUnreachable(
-            f"cannot reach PostgreSQL at {server_address(url)}: {exc}"
+            f"cannot reach PostgreSQL at {server_address(url)}: {reason}"
+        ) from exc
+    except asyncpg.InvalidAuthorizationSpecificationError as exc:
+        raise ConfigError(
+            f"PostgreSQL at {server_address(url)} refused the login: {exc}",
+            hint="check the user and password in DATABASE_URL",
+        ) from exc
+    except (asyncpg.ClientConfigurationError, ValueError) as exc:
+        raise ConfigError(
+            f"DATABASE_URL is not a usable PostgreSQL URL: {exc}",
+            hint="postgresql://user:password@host:port/database",
         ) from exc
 
 

@@ -6,8 +6,10 @@ import asyncio
 import os
 import sys
 import uuid
+from urllib.parse import urlsplit
 
 import asyncpg
+import pytest
 
 from fleetstream.db import with_database
 from migrations.runner import ROOT
@@ -126,4 +128,35 @@ async def test_an_unreachable_server_is_one_line_without_the_password():
         assert stderr.startswith(
             "fleetstream migrate: cannot reach PostgreSQL at 127.0.0.1:"
         )
+        assert "s3cret-pw" not in stderr and "Traceback" not in stderr
+
+
+@pytest.mark.parametrize(
+    "url, says",
+    [
+        ("mysql://fleet:s3cret-pw@127.0.0.1:5432/fleet", "not a usable PostgreSQL URL"),
+        (
+            "postgresql://fleet:s3cret-pw@127.0.0.1:port/fleet",
+            "not a usable PostgreSQL",
+        ),
+        (None, "refused the login"),
+    ],
+)
+async def test_a_wrong_database_url_is_one_line_without_the_password(
+    pg_server, url, says
+):
+    if url is None:
+        # A user the server does not know, on the test server itself.
+        server = urlsplit(pg_server)
+        url = (
+            f"postgresql://nobody_{uuid.uuid4().hex[:6]}:s3cret-pw@"
+            f"{server.hostname}:{server.port or 5432}/fleet"
+        )
+    for args in ((), ("--dry-run",)):
+        status, lines, stderr = await migrate_command(url, *args)
+        assert status == 2
+        assert lines == []
+        assert len(stderr.splitlines()) == 1, stderr
+        assert stderr.startswith("fleetstream migrate: ")
+        assert says in stderr
         assert "s3cret-pw" not in stderr and "Traceback" not in stderr
