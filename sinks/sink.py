@@ -447,6 +447,7 @@ class Sink:
                 config_error = permanent_error(exc)
                 if config_error is not None:
                     raise config_error from exc
+                self.stats.retries += 1
                 logger.warning(
                     "sink %s: database unavailable at start (%s: %s); retry in %.1f s",
                     self.spec.kind,

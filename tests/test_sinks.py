@@ -695,7 +695,10 @@ async def test_transient_database_errors_are_retried_until_stopped(
     ]
     assert len(retries) >= 2  # backed off and tried again, still running
     stop.set()
-    await asyncio.wait_for(task, 10)
+    sinks = await asyncio.wait_for(task, 10)
+    # Counted as retries, so that the metrics tell a sink stuck at start from
+    # an idle one.
+    assert sinks[0].stats.retries == len(retries)
 
 
 @pytest.mark.parametrize(
