@@ -294,11 +294,11 @@ class FrameDecoder:
         current: list[int] = []
         other: list[int] = []
         failed: list[tuple[int, str]] = []
-        fingerprint = self.fingerprint
+        header = MAGIC + self.fingerprint
         for i, value in enumerate(values):
             if value is None:
                 failed.append((i, "empty value"))
-            elif value[2:HEADER_LEN] == fingerprint and value[:2] == MAGIC:
+            elif value.startswith(header):
                 current.append(i)
             else:
                 other.append(i)
