@@ -59,6 +59,24 @@ def expected_rows(records: list[dict]) -> list[tuple]:
     return [tuple(r[c] for c in POSITION.columns) for r in records]
 
 
+def positions_frame(records: list[dict]) -> pl.DataFrame:
+    return pl.DataFrame(
+        expected_rows(records), schema=list(POSITION.columns), orient="row"
+    ).with_columns(pl.Series(INDEX, range(len(records)), dtype=pl.Int64))
+
+
+def with_impossible_time(frame: pl.DataFrame, at: int) -> pl.DataFrame:
+    """Return ``frame`` with row ``at``'s fix time far beyond PostgreSQL's range."""
+    physical = pl.col("gps_time").dt.cast_time_unit("ms").cast(pl.Int64)
+    return frame.with_columns(
+        pl.when(pl.col(INDEX) == at)
+        .then(pl.lit(2**62))
+        .otherwise(physical)
+        .cast(pl.Datetime("ms", "UTC"))
+        .alias("gps_time")
+    )
+
+
 def rows_of(frame: pl.DataFrame) -> list[tuple]:
     return frame.select(POSITION.columns).rows()
 
@@ -475,17 +493,7 @@ async def test_writer_rejects_only_the_row_with_an_impossible_time(database_url)
     for record in records:
         record["lat"], record["lng"] = -1.3, 36.8
         record["direction_deg"] = record["satellites"] = None
-    frame = pl.DataFrame(
-        expected_rows(records), schema=list(POSITION.columns), orient="row"
-    ).with_columns(pl.Series(INDEX, range(8), dtype=pl.Int64))
-    physical = pl.col("gps_time").dt.cast_time_unit("ms").cast(pl.Int64)
-    frame = frame.with_columns(
-        pl.when(pl.col(INDEX) == 5)
-        .then(pl.lit(2**62))
-        .otherwise(physical)
-        .cast(pl.Datetime("ms", "UTC"))
-        .alias("gps_time")
-    )
+    frame = with_impossible_time(positions_frame(records), at=5)
     writer = BatchWriter(POSITION)
     conn = await asyncpg.connect(database_url)
     try:
@@ -498,12 +506,6 @@ async def test_writer_rejects_only_the_row_with_an_impossible_time(database_url)
     assert "range" in rejected[0].reason
     assert stored == 7
     assert changed["tracksolid.position_history"] == 7
-
-
-def positions_frame(records: list[dict]) -> pl.DataFrame:
-    return pl.DataFrame(
-        expected_rows(records), schema=list(POSITION.columns), orient="row"
-    ).with_columns(pl.Series(INDEX, range(len(records)), dtype=pl.Int64))
 
 
 async def test_writer_sends_data_encoded_ahead_only_by_its_own_encoder(database_url):
@@ -561,15 +563,7 @@ async def test_rows_that_cannot_be_encoded_ahead_are_isolated_by_the_write(
     records = [fix(i, rng) for i in range(6)]
     for record in records:
         record["direction_deg"] = record["satellites"] = None
-    frame = positions_frame(records)
-    physical = pl.col("gps_time").dt.cast_time_unit("ms").cast(pl.Int64)
-    frame = frame.with_columns(
-        pl.when(pl.col(INDEX) == 2)
-        .then(pl.lit(2**62))
-        .otherwise(physical)
-        .cast(pl.Datetime("ms", "UTC"))
-        .alias("gps_time")
-    )
+    frame = with_impossible_time(positions_frame(records), at=2)
     writer = BatchWriter(POSITION)
     conn = await asyncpg.connect(database_url)
     try:
