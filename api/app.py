@@ -16,6 +16,7 @@ import asyncpg
 import asyncpg.exceptions._base as asyncpg_base
 import uvicorn
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -23,6 +24,8 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from api import health, maps, routes
+from api.inputs import brief_errors
+from api.limits import BodyLimit
 from api.refresh import run_refresh_loop
 from fleetstream import logs
 from fleetstream.db import create_pool
@@ -70,6 +73,8 @@ def create_app(settings: Settings, *, refresh_views: bool = True) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    # Innermost of the middlewares, so its 413 passes CORS like any answer.
+    app.add_middleware(BodyLimit, limit=settings.api_max_body_bytes)
     # The live positions of a few thousand vehicles are close to a megabyte of
     # JSON every poll; compressed they are about a tenth of that.
     app.add_middleware(GZipMiddleware, minimum_size=1024)
@@ -86,6 +91,7 @@ def create_app(settings: Settings, *, refresh_views: bool = True) -> FastAPI:
     app.include_router(health.router)
     app.include_router(maps.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(asyncpg.UndefinedFunctionError, _schema_missing)
     app.add_exception_handler(asyncpg.UndefinedTableError, _schema_missing)
     app.add_exception_handler(asyncpg.InvalidSchemaNameError, _schema_missing)
@@ -110,6 +116,15 @@ def create_app(settings: Settings, *, refresh_views: bool = True) -> FastAPI:
         )
 
     return app
+
+
+async def _invalid_request(
+    request: Request, exc: RequestValidationError
+) -> JSONResponse:
+    # FastAPI's own answer quotes every value sent: megabytes for a long list.
+    errors = exc.errors()
+    logger.debug("%d validation errors for %s", len(errors), request.url.path)
+    return JSONResponse({"detail": brief_errors(errors)}, status_code=422)
 
 
 async def _schema_missing(request: Request, exc: Exception) -> JSONResponse:

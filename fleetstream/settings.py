@@ -156,6 +156,12 @@ class Settings(BaseSettings):
     # Comma-separated origins of map pages hosted elsewhere (e.g. on object
     # storage) that may call the API from the browser; empty allows none.
     api_cors_origins: str = ""
+    # Largest request body in bytes; a larger one is a 413, refused before it
+    # is read whole. The largest fleet query (1000 plates and three filters of
+    # 200 characters) is about 806 KB in UTF-8 at 4 bytes a character. Escaped
+    # as \uXXXX, 6 bytes a character, it is about 1.21 MB: a client escaping
+    # all of such text needs a larger limit.
+    api_max_body_bytes: int = Field(1_048_576, ge=1)
     vtrips_refresh_interval_seconds: float = 300.0
     # Map background tiles, e.g. "https://tile.example.org/{z}/{x}/{y}.png"; empty
     # draws a plain background (no tile server is reachable offline).

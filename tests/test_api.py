@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import httpx
 import pytest
+import uvicorn
 
 from api.app import create_app
+from api.limits import BodyLimit
+from fleetstream.embedded import free_port
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 LIVE_KEYS = ("vehicle_number", "imei", "lat", "lng", "speed", "acc", "gps_time")
@@ -443,3 +449,229 @@ async def test_map_config_names_the_fleet_zone_of_page_times(client, settings):
 
     assert config["fleet_timezone"] == settings.fleet_timezone == "Africa/Nairobi"
     assert config["tile_url"] == ""
+
+
+DASHBOARD = "/webhook/fleet-dashboard"
+JSON_TYPE = {"content-type": "application/json"}
+DEFAULT_LIMIT = 1_048_576
+HEAD = (
+    b"POST /webhook/fleet-dashboard HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    b"Content-Type: application/json\r\n"
+)
+
+
+@asynccontextmanager
+async def serving(app):
+    """Run ``app`` with uvicorn on a free port of 127.0.0.1; yield the port."""
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_config=None, lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        await task
+
+
+@asynccontextmanager
+async def connection(port: int):
+    """Yield a reader and writer on ``port``; closing them ends any unsent body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        yield reader, writer
+    finally:
+        writer.close()
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict]:
+    """Return the status and JSON body of one HTTP/1.1 answer read from ``reader``."""
+    status = int((await reader.readline()).split()[1])
+    headers = {}
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    body = await reader.readexactly(int(headers["content-length"]))
+    return status, json.loads(body)
+
+
+async def test_the_default_body_limit_holds_the_largest_fleet_query(client, settings):
+    # 200 characters of 4 bytes in UTF-8 each, the most a plate or filter holds.
+    longest = "\U0001f69a" * 200
+    query = {
+        "vehicles": [longest] * 1000,
+        "driver": longest,
+        "cost_centre": longest,
+        "city": longest,
+        **ALL_NOV,
+    }
+    body = json.dumps(query, ensure_ascii=False).encode()
+
+    response = await client.post(DASHBOARD, content=body, headers=JSON_TYPE)
+
+    assert settings.api_max_body_bytes == DEFAULT_LIMIT
+    assert 800_000 < len(body) < DEFAULT_LIMIT
+    assert trip_ids(response) == []
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["declared", "chunked"])
+async def test_a_body_of_exactly_the_limit_is_read_and_one_byte_more_is_not(
+    make_settings, settings, streamed
+):
+    body = json.dumps(ALL_NOV).encode()
+    statuses = []
+    for limit in (len(body), len(body) - 1):
+        app = create_app(
+            make_settings(database_url=settings.database_url, api_max_body_bytes=limit),
+            refresh_views=False,
+        )
+
+        async def halves():
+            yield body[:10]
+            yield body[10:]
+
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as h:
+                content = halves() if streamed else body
+                response = await h.post(DASHBOARD, content=content, headers=JSON_TYPE)
+        statuses.append(response.status_code)
+
+    assert statuses == [200, 413]
+
+
+async def test_a_declared_oversized_body_is_refused_before_it_is_sent(settings):
+    app = create_app(settings, refresh_views=False)
+    async with serving(app) as port, connection(port) as (reader, writer):
+        # 15 MB announced, a few bytes sent: only an answer that did not wait
+        # for the body arrives within the timeout.
+        writer.write(HEAD + b"Content-Length: 15000000\r\n\r\n" + b'{"vehicles":[')
+        status, body = await asyncio.wait_for(read_answer(reader), 5)
+
+    assert status == 413
+    assert body == {"detail": f"body of 15000000 bytes exceeds {DEFAULT_LIMIT}"}
+
+
+async def test_a_chunked_oversized_body_is_refused_before_it_ends(settings):
+    chunk = b"x" * 65_536
+    app = create_app(settings, refresh_views=False)
+    async with serving(app) as port, connection(port) as (reader, writer):
+        writer.write(HEAD + b"Transfer-Encoding: chunked\r\n\r\n")
+        # 17 chunks of 64 KiB pass the limit; the last, empty chunk that ends a
+        # chunked body is never sent, so the answer cannot wait for the end.
+        for _ in range(DEFAULT_LIMIT // len(chunk) + 1):
+            writer.write(b"10000\r\n" + chunk + b"\r\n")
+        status, body = await asyncio.wait_for(read_answer(reader), 5)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            live = await asyncio.wait_for(http.get("/webhook/live-positions"), 5)
+
+    assert status == 413
+    assert body == {"detail": f"body exceeds {DEFAULT_LIMIT} bytes"}
+    assert live.status_code == 200
+
+
+async def test_a_streamed_body_is_read_no_further_than_the_limit(client):
+    chunk = b"x" * 65_536
+    sent = 0
+
+    async def sixty_four_mebibytes():
+        nonlocal sent
+        for _ in range(1024):
+            sent += len(chunk)
+            yield chunk
+
+    response = await client.post(
+        DASHBOARD, content=sixty_four_mebibytes(), headers=JSON_TYPE
+    )
+
+    assert response.status_code == 413
+    assert response.json() == {"detail": f"body exceeds {DEFAULT_LIMIT} bytes"}
+    # The chunk that crossed the limit is the last one asked for.
+    assert sent <= DEFAULT_LIMIT + len(chunk)
+
+
+async def test_a_body_read_outside_the_routes_is_refused_too():
+    async def whole_body_echo(scope, receive, send):
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body, more = body + message["body"], message.get("more_body", False)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+    transport = httpx.ASGITransport(app=BodyLimit(whole_body_echo, limit=10))
+
+    async def pieces():
+        for _ in range(3):
+            yield b"12345"
+
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        streamed = await http.post("/", content=pieces())
+        declared = await http.post("/", content=b"12345" * 3)
+
+    assert streamed.status_code == 413
+    assert streamed.json() == {"detail": "body exceeds 10 bytes"}
+    assert declared.status_code == 413
+    assert declared.json() == {"detail": "body of 15 bytes exceeds 10"}
+
+
+def huge_invalid_requests() -> list:
+    dumps = json.dumps
+    return [
+        pytest.param(dumps({"vehicles": ["x"] * 200_000}), id="200k plates"),
+        pytest.param(dumps({"driver": "a" * 1_000_000}), id="1 MB driver"),
+        pytest.param(dumps({"b" * 1_000_000: 1}), id="1 MB field name"),
+        pytest.param(dumps({"vehicles": ["\x00"] * 1000}), id="1000 bad plates"),
+        pytest.param(dumps({"vehicles": [{"a": "b" * 1000}] * 900}), id="objects"),
+        pytest.param('{"driver": NaN, "city": 1e400}', id="not finite"),
+        pytest.param(dumps({"start": 10**4000}), id="4000 digits"),
+        pytest.param('{"driver": "' + "a" * 1_000_000, id="not JSON"),
+    ]
+
+
+@pytest.mark.parametrize("body", huge_invalid_requests())
+async def test_a_huge_invalid_body_gets_a_small_422(client, body):
+    response = await client.post(DASHBOARD, content=body, headers=JSON_TYPE)
+
+    assert response.status_code == 422, response.text[:300]
+    assert len(response.content) < 4096
+    errors = response.json()["detail"]
+    assert 0 < len(errors) <= 21
+    for error in errors:
+        assert set(error) <= {"loc", "msg", "type", "input"}, error
+        assert error["msg"] and error["type"] and isinstance(error["loc"], list)
+        assert all(len(str(part)) <= 41 for part in error["loc"])
+        assert len(str(error.get("input", ""))) <= 41
+
+
+async def test_a_422_quotes_a_prefix_of_the_value_and_counts_what_it_leaves_out(
+    client,
+):
+    long_driver = await client.post(DASHBOARD, json={"driver": "Wanjiru " * 1000})
+    plates = await client.post(DASHBOARD, json={"vehicles": ["\x00"] * 1000})
+    track = await client.get(
+        "/webhook/live-positions/track", params={"vehicle_number": "K" * 10_000}
+    )
+
+    (driver_error,) = long_driver.json()["detail"]
+    assert driver_error["loc"] == ["body", "driver"]
+    assert driver_error["input"] == ("Wanjiru " * 5) + "\u2026"
+    errors = plates.json()["detail"]
+    assert [e["loc"] for e in errors[:2]] == [
+        ["body", "vehicles", 0],
+        ["body", "vehicles", 1],
+    ]
+    assert "U+0000" in errors[0]["msg"]
+    assert errors[-1] == {
+        "type": "too_many_errors",
+        "loc": ["request"],
+        "msg": "980 more errors are not listed",
+    }
+    assert track.status_code == 422
+    assert track.json()["detail"][0]["input"] == "K" * 40 + "\u2026"
