@@ -658,6 +658,7 @@ async def test_a_422_quotes_a_prefix_of_the_value_and_counts_what_it_leaves_out(
     track = await client.get(
         "/webhook/live-positions/track", params={"vehicle_number": "K" * 10_000}
     )
+    not_json = await client.post(DASHBOARD, content=b'{"driver": ', headers=JSON_TYPE)
 
     (driver_error,) = long_driver.json()["detail"]
     assert driver_error["loc"] == ["body", "driver"]
@@ -675,3 +676,11 @@ async def test_a_422_quotes_a_prefix_of_the_value_and_counts_what_it_leaves_out(
     }
     assert track.status_code == 422
     assert track.json()["detail"][0]["input"] == "K" * 40 + "\u2026"
+    # The parser's reason names no value, so it is kept.
+    assert not_json.json()["detail"] == [
+        {
+            "type": "json_invalid",
+            "loc": ["body", 11],
+            "msg": "JSON decode error: Expecting value",
+        }
+    ]
