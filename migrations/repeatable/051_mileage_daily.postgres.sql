@@ -44,9 +44,9 @@ BEGIN
     -- run of refresh_mileage_daily_changes must fill the whole window again.
     IF EXISTS (SELECT 1 FROM reporting.refresh_log
                WHERE relation = 'tracksolid.v_mileage_daily_cagg'
-                 AND received_before IS NOT NULL) THEN
+                 AND stored_before IS NOT NULL) THEN
         INSERT INTO reporting.refresh_log (relation, started_at, finished_at,
-                                           row_count, received_before)
+                                           row_count, stored_before)
         VALUES ('tracksolid.v_mileage_daily_cagg', now(), now(), 0, '-infinity');
     END IF;
 END $$;
@@ -156,28 +156,39 @@ BEGIN
     RETURN written;
 END $$;
 
--- Take in the fixes received since the last run, as the continuous aggregate
+-- Take in the fixes stored since the last run, as the continuous aggregate
 -- does on TimescaleDB: recompute each device-day within the last `lookback`
--- that received a fix, today's of every reporting device as much as a late
--- fix's (a device buffering out of coverage, a re-upload). A day that got
--- nothing new is left as it is, so a run costs the days the fleet is driving,
--- not yesterday again. Returns the number of device-days written.
+-- that got a fix, today's of every reporting device as much as a late fix's
+-- (a device buffering out of coverage, a replayed topic, a pipeline that was
+-- down). A day that got nothing new is left as it is, so a run costs the days
+-- the fleet is driving, not yesterday again. Returns the number of device-days
+-- written.
 --
--- A fix counts as new when its received_at is at least the previous run's
--- start less `overlap`. The margin covers fixes committed after that run read
--- the table although received before it started: a transaction in flight, or
--- the pipeline's lag from receiving a fix to committing it. A fix committed
--- more than `overlap` after it was received (a pipeline backlog longer than
--- that) is missed, as is one older than `lookback`:
--- refresh_mileage_daily(from, to) takes those in.
+-- New fixes are found by position_history.stored_at, the start of the
+-- transaction that stored them, so a fix counts however long after it was
+-- received it was committed. A run records a mark, and the next one takes in
+-- what was stored from that mark less `overlap`. The mark is the run's start,
+-- or the start of the oldest transaction then open in this database if that is
+-- earlier: such a transaction commits rows stamped before the run, after the
+-- run has read the table. A session idle in a transaction for hours therefore
+-- holds the mark back, and each run reads and recomputes all that was stored
+-- since it began, until it ends.
+--
+-- `overlap` covers what the mark cannot see: pg_stat_activity shows another
+-- role's transactions without their start, unless the caller is a member of
+-- pg_read_all_stats, and the server clock may step back. Ten minutes covers a
+-- position sink's transaction from its start to its commit: six statements
+-- (lock, column check, two COPYs, an INSERT, COMMIT), each cancelled after the
+-- sink's 60 s command timeout, and the sink's own work between them. A fix
+-- dated before `lookback` is not taken in: refresh_mileage_daily(from, to) is.
 CREATE OR REPLACE FUNCTION tracksolid.refresh_mileage_daily_changes(
     lookback interval DEFAULT interval '30 days',
-    overlap interval DEFAULT interval '1 hour'
+    overlap interval DEFAULT interval '10 minutes'
 ) RETURNS bigint
     LANGUAGE plpgsql
     SET work_mem = '128MB'
     -- The search for changed days is planned for its own bounds, so that the
-    -- index on received_at is weighed against the rows it would really skip.
+    -- index on stored_at is weighed against the rows it would really skip.
     SET plan_cache_mode = force_custom_plan
     AS $$
 DECLARE
@@ -186,17 +197,33 @@ DECLARE
     window_lo timestamptz := date_trunc('day', (now() - lookback) AT TIME ZONE zone)
                              AT TIME ZONE zone;
     since timestamptz;
+    mark timestamptz;
     touched_day timestamptz;
     imeis text[];
     written bigint;
 BEGIN
+    -- The table must be read after the mark is taken, with a snapshot of its
+    -- own; a transaction's snapshot may be older than the mark.
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'refresh_mileage_daily_changes cannot run at %',
+                        current_setting('transaction_isolation')
+            USING HINT = 'call it at READ COMMITTED, the default';
+    END IF;
     -- No earlier run, or a rebuilt table: every device-day of the window.
-    SELECT coalesce(max(received_before), '-infinity') - overlap INTO since
-    FROM (SELECT received_before FROM reporting.refresh_log
+    SELECT coalesce(max(stored_before), '-infinity') - overlap INTO since
+    FROM (SELECT stored_before FROM reporting.refresh_log
           WHERE relation = 'tracksolid.v_mileage_daily_cagg'
-            AND ok AND received_before IS NOT NULL
+            AND ok AND stored_before IS NOT NULL
           ORDER BY started_at DESC, id DESC
           LIMIT 1) latest;
+    -- pg_stat_activity is read once per transaction unless cleared, and must be
+    -- read now. Autovacuum stores no fixes.
+    PERFORM pg_stat_clear_snapshot();
+    SELECT least(started, min(xact_start)) INTO mark
+    FROM pg_stat_activity
+    WHERE datname = current_database()
+      AND pid <> pg_backend_pid()
+      AND backend_type <> 'autovacuum worker';
     written := 0;
     FOR touched_day, imeis IN
         SELECT day_start, array_agg(imei)
@@ -205,7 +232,7 @@ BEGIN
                    date_trunc('day', gps_time AT TIME ZONE zone) AT TIME ZONE zone
                        AS day_start
             FROM tracksolid.position_history
-            WHERE received_at >= since
+            WHERE stored_at >= since
               AND gps_time >= window_lo
         ) touched
         GROUP BY day_start
@@ -217,8 +244,8 @@ BEGIN
             imeis);
     END LOOP;
     INSERT INTO reporting.refresh_log (relation, started_at, finished_at, row_count,
-                                       received_before)
+                                       stored_before)
     VALUES ('tracksolid.v_mileage_daily_cagg', started, clock_timestamp(), written,
-            started);
+            mark);
     RETURN written;
 END $$;
