@@ -115,6 +115,30 @@ async def add_live(conn, *rows) -> None:
     )
 
 
+async def add_open_trip(
+    conn, trip_id: str, imei: str, start: datetime, seen: datetime, driver=None
+) -> None:
+    """Write a stream trip still open, the vehicle's latest fix ``seen``, and
+    refresh reporting.v_trips: the trip then runs from ``start`` to ``seen``."""
+    await conn.execute(
+        "INSERT INTO tracksolid.trips (trip_id, imei, start_time, distance_km,"
+        " max_speed_kmh, driver_name, source)"
+        " VALUES ($1, $2, $3, 15.0, 80, $4, 'stream')",
+        trip_id,
+        imei,
+        start,
+        driver,
+    )
+    await conn.execute(
+        "INSERT INTO tracksolid.live_positions (imei, gps_time, lat, lng, speed_kmh,"
+        " acc_on, pos_type, source, origin, received_at)"
+        " VALUES ($1, $2, -1.28, 36.82, 50, true, 'GPS', 'push', 'pushgps', $2)",
+        imei,
+        seen,
+    )
+    await conn.execute("SELECT reporting.refresh_v_trips()")
+
+
 async def test_fleet_today_counts_the_fleet_zones_day(db):
     midnight = await local_midnight(db)
     day = timedelta(days=1)
@@ -201,6 +225,29 @@ async def test_trips_today_starts_and_ends_at_local_midnight(db):
     assert [row["trip_id"] for row in rows] == ["first", "last"]
 
 
+async def test_fleet_today_ends_an_open_trip_where_it_has_got_to(db):
+    midnight = await local_midnight(db)
+    await add_devices(db, (V1, "KCA 100A", None, None, None, True))
+    await add_trips(db, trip("done", V1, midnight + timedelta(hours=1), 30, 20.0))
+    # Out since 06:00 and last seen at 07:15, later than any closed trip's end.
+    await add_open_trip(
+        db, "open", V1, midnight + timedelta(hours=6), midnight + timedelta(hours=7.25)
+    )
+
+    rows = await in_every_zone(
+        db,
+        "SELECT trips, driving_hours, last_trip_end FROM tracksolid.v_fleet_today",
+    )
+
+    assert rows == [
+        {
+            "trips": 2,
+            "driving_hours": Decimal("1.75"),
+            "last_trip_end": midnight + timedelta(hours=7, minutes=15),
+        }
+    ]
+
+
 async def seed_working_days(conn) -> datetime:
     """Seed two drivers' days around today; return today's local midnight."""
     midnight = await local_midnight(conn)
@@ -241,6 +288,30 @@ async def test_driver_clock_today_is_who_works_today(db):
             "clock_out": midnight + timedelta(hours=17, minutes=30),
             "on_duty_hours": Decimal("9.75"),
             "driving_hours": Decimal("2.00"),
+            "trips": 2,
+        }
+    ]
+
+
+async def test_driver_clock_out_is_where_an_open_trip_has_got_to(db):
+    await add_devices(db, (V1, "KCA 100A", "Alice Wanjiru", None, None, True))
+    await add_trips(db, trip("a1", V1, local("2026-03-10", "07:45"), 30, 20.0))
+    # Out since 16:00, last seen at 17:10: still driving when the view is read.
+    await add_open_trip(
+        db, "a2", V1, local("2026-03-10", "16:00"), local("2026-03-10", "17:10")
+    )
+
+    rows = await in_every_zone(db, "SELECT * FROM tracksolid.v_driver_clock_daily")
+
+    # Clock-out is no earlier than the driving counted: 30 min and 70 min.
+    assert rows == [
+        {
+            "day": date(2026, 3, 10),
+            "driver_name": "Alice Wanjiru",
+            "clock_in": local("2026-03-10", "07:45"),
+            "clock_out": local("2026-03-10", "17:10"),
+            "on_duty_hours": Decimal("9.42"),
+            "driving_hours": Decimal("1.67"),
             "trips": 2,
         }
     ]

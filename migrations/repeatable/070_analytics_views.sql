@@ -3,6 +3,10 @@
 -- fleet zone (tracksolid.fleet_timezone()), read through a scalar subquery so
 -- that it is evaluated once per query rather than once per row.
 
+-- A trip still open (end_time NULL) ends, in every view here, where it has got
+-- to as of the last refresh of reporting.v_trips: its span_end, the same end
+-- its duration_s is counted up to.
+--
 -- Dropped first so that a view may change its columns; CASCADE because the
 -- views of later files, which may depend on these, are then rebuilt too.
 DROP VIEW IF EXISTS tracksolid.v_driver_clock_attendance CASCADE;
@@ -29,7 +33,7 @@ SELECT d.imei,
        round(coalesce(sum(t.distance_km), 0)::numeric, 2) AS trip_km,
        round((coalesce(sum(t.duration_s), 0) / 3600.0)::numeric, 2) AS driving_hours,
        min(t.start_time) AS first_trip_start,
-       max(t.end_time) AS last_trip_end,
+       max(coalesce(t.end_time, t.span_end)) AS last_trip_end,
        max(t.max_speed_kmh) AS max_speed_kmh,
        -- Today runs from one local midnight of the fleet zone to the next. The
        -- date becomes a wall-clock timestamp before AT TIME ZONE places it in
@@ -49,7 +53,8 @@ WHERE coalesce(d.enabled, true)
 GROUP BY d.imei;
 COMMENT ON VIEW tracksolid.v_fleet_today IS
     'Every enabled vehicle''s day so far: trips, kilometres and hours driven, first '
-    'start, last stop, top speed and alarms raised today.';
+    'start, last stop (of a trip still open: where it has got to), top speed and '
+    'alarms raised today.';
 
 -- Read from the registry as well as the latest fixes: a registered vehicle that
 -- has never sent a fix has no row in live_positions, and a tracker that reports
@@ -261,8 +266,8 @@ CREATE VIEW tracksolid.v_driver_clock_daily AS
 SELECT t.trip_date AS day,
        t.driver_name,
        min(t.start_time) AS clock_in,
-       max(coalesce(t.end_time, t.start_time)) AS clock_out,
-       round((extract(epoch FROM max(coalesce(t.end_time, t.start_time))
+       max(coalesce(t.end_time, t.span_end)) AS clock_out,
+       round((extract(epoch FROM max(coalesce(t.end_time, t.span_end))
                                  - min(t.start_time)) / 3600.0)::numeric, 2)
            AS on_duty_hours,
        round((sum(t.duration_s) / 3600.0)::numeric, 2) AS driving_hours,
@@ -272,7 +277,8 @@ WHERE nullif(trim(t.driver_name), '') IS NOT NULL
 GROUP BY 1, 2;
 COMMENT ON VIEW tracksolid.v_driver_clock_daily IS
     'A driver''s working day read from trips: first start (clock in), last stop '
-    '(clock out), hours on duty between them and hours actually driving.';
+    '(clock out; of a trip still open, where it has got to), hours on duty between '
+    'them and hours actually driving.';
 
 CREATE VIEW tracksolid.v_driver_clock_today AS
 SELECT *
