@@ -26,10 +26,11 @@ TRIPS_VIEW = "reporting.v_trips"
 # TimescaleDB it is the aggregate itself, kept up to date by a policy, and the
 # refresh function is a no-op that the loop does not call.
 MILEAGE_TABLE = "tracksolid.v_mileage_daily_cagg"
-# Recomputes every device-day of the last 30 days that received a fix since the
+# Recomputes every device-day of the last 30 days that got a fix stored since the
 # previous run, today's included, as the continuous aggregate's policy does, so
-# that fixes arriving days late (buffered by a device out of coverage) still
-# count. Older days, e.g. after a backfill, need
+# that fixes arriving days late (buffered by a device out of coverage, committed
+# after an outage or a replay) still count. Older days, e.g. after a backfill,
+# need
 # ``SELECT tracksolid.refresh_mileage_daily(from, to)``.
 MILEAGE_REFRESH = "tracksolid.refresh_mileage_daily_changes(interval,interval)"
 # Creates the coming months' partitions on plain PostgreSQL; a no-op on TimescaleDB.

@@ -60,7 +60,10 @@ async def test_fresh_database_gets_every_file_once_and_rerun_is_a_no_op(
     assert second == ["ensure_partitions 3 months: 0 created"]
     conn = await asyncpg.connect(empty_database_url)
     try:
-        assert await columns(conn, "tracksolid.position_history") == POSITION_COLUMNS
+        assert await columns(conn, "tracksolid.position_history") == [
+            *POSITION_COLUMNS,
+            "stored_at",
+        ]
         assert await columns(conn, "tracksolid.live_positions") == POSITION_COLUMNS
         assert await columns(conn, "tracksolid.devices") == DEVICE_COLUMNS
         ledger = await conn.fetch(
