@@ -56,17 +56,6 @@ def _family(
     return lines
 
 
-def assigned_partitions(sink: Sink) -> int:
-    """Return how many partitions the sink's consumer holds now (0 before it starts).
-
-    The sink keeps its consumer to itself and its stats count only how often
-    partitions were assigned, so the current assignment is read from the
-    consumer here.
-    """
-    consumer = sink._consumer
-    return len(consumer.assignment()) if consumer is not None else 0
-
-
 def render(sinks: Sequence[Sink]) -> str:
     """Return every sink's counters in the Prometheus text format."""
     ordered = sorted(sinks, key=lambda s: s.spec.kind)
@@ -95,10 +84,6 @@ def render(sinks: Sequence[Sink]) -> str:
             if sink.stats.last_commit_time is not None:
                 yield "", {"sink": sink.spec.kind}, sink.stats.last_commit_time
 
-    def partitions() -> Iterator[tuple[str, dict[str, str], float]]:
-        for sink in ordered:
-            yield "", {"sink": sink.spec.kind}, assigned_partitions(sink)
-
     prefix = "fleetstream_sink_"
     lines = [
         *_family(prefix + "records_total", "counter", each(lambda s: s.records)),
@@ -115,7 +100,7 @@ def render(sinks: Sequence[Sink]) -> str:
         *_family(
             prefix + "assignments_total", "counter", each(lambda s: s.assignments)
         ),
-        *_family(prefix + "assigned_partitions", "gauge", partitions()),
+        *_family(prefix + "assigned_partitions", "gauge", each(lambda s: s.partitions)),
         *_family(prefix + "last_commit_timestamp_seconds", "gauge", last_commit()),
     ]
     return "\n".join(lines) + "\n"

@@ -152,9 +152,13 @@ class _Rebalance(ConsumerRebalanceListener):
         self._sink = sink
 
     async def on_partitions_revoked(self, revoked) -> None:
+        stats = self._sink.stats
+        stats.partitions = max(stats.partitions - len(revoked), 0)
         await self._sink.release(set(revoked))
 
     async def on_partitions_assigned(self, assigned) -> None:
+        # aiokafka assigns eagerly: ``assigned`` is the whole new assignment.
+        self._sink.stats.partitions = len(assigned)
         self._sink.stats.assignments += 1
         logger.info(
             "sink %s: assigned partitions %s",

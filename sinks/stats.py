@@ -26,6 +26,8 @@ class SinkStats:
     # that awaited their WAL flush.
     rewinds: int = 0
     assignments: int = 0
+    # Partitions the sink's consumer holds now.
+    partitions: int = 0
     batch_seconds_total: float = 0.0
     batch_seconds_max: float = 0.0
     rows_by_table: dict[str, int] = field(default_factory=dict)
